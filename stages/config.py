@@ -1,0 +1,254 @@
+"""Typed model configs (configs/models/*.yaml), checked when loaded.
+
+Every error names the file, the key and what was expected, so a user can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+# Converter flags per MNN variant. Weight-only int8 changes storage only (see PITFALLS.md).
+DEFAULT_VARIANTS = {
+    "fp32": [],
+    "fp16": ["--fp16"],
+    "wint8": ["--weightQuantBits", "8"],
+}
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 17
+    # False: SamOnnxModel returns the single best mask; True: the three multimask outputs.
+    multimask_output: bool = False
+    # Sizes used for the decoder's example inputs when tracing (N stays dynamic).
+    example_points: int = 2
+
+
+@dataclass
+class SimplifyConfig:
+    tool: str = "onnxslim"  # onnxslim | onnxsim | none
+    # onnxsim's optimizer fuses attention into com.microsoft.Attention, which MNN cannot convert.
+    onnxsim_optimize: bool = False
+    # Simplified vs raw ONNX on onnxruntime: both are fp32 graphs of the same math.
+    check_atol: float = 1e-3
+    check_rtol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check_choice("simplify.tool", self.tool, ("onnxslim", "onnxsim", "none"))
+
+
+@dataclass
+class ConvertConfig:
+    # variant name -> extra converter flags
+    variants: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_VARIANTS.items()})
+    # flags added to every conversion
+    extra_args: list[str] = field(default_factory=list)
+    timeout_s: int = 900
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            raise ValueError("convert.variants is empty: expected at least one variant, e.g. fp32: []")
+        if self.timeout_s <= 0:
+            raise ValueError(f"convert.timeout_s must be > 0, got {self.timeout_s}")
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    # family.arch: mobile_sam.vit_t, segment_anything.vit_b, ... or tiny.vit_t / tiny.vit_b for tests
+    builder: str
+    checkpoint: str | None = None
+    require_checkpoint: bool = False
+    seed: int = 0
+    export: ExportConfig = field(default_factory=ExportConfig)
+    simplify: SimplifyConfig = field(default_factory=SimplifyConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+
+    # where it was loaded from (not a YAML key)
+    source: Path | None = field(default=None, compare=False)
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from stages.models import BUILDERS  # late: models imports torch
+
+        _check_choice("builder", self.builder, tuple(BUILDERS))
+
+    def checkpoint_path(self, root: Path) -> Path | None:
+        if not self.checkpoint:
+            return None
+        p = Path(self.checkpoint)
+        return p if p.is_absolute() else root / p
+
+
+_NOT_YAML_KEYS = {"source", "raw"}
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widen to float). Raise ConfigError-ready ValueError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping of {', '.join(_fields(tp))}, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith("]"):
+            return str(value)  # converter flags like ["--weightQuantBits", 8]
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_YAML_KEYS]
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    allowed = _fields(cls)
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        raise ValueError(f"unknown key {prefix}{unknown[0]!r}; allowed keys here: {', '.join(allowed)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in _NOT_YAML_KEYS or f.name not in data:
+            if f.name not in _NOT_YAML_KEYS and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"missing required key {prefix}{f.name!r}")
+            continue
+        kwargs[f.name] = _coerce(data[f.name], hints[f.name], prefix + f.name)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        msg = str(e)
+        raise ValueError(msg if msg.startswith(prefix) or not prefix else f"{prefix}{msg}") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """safe_load a YAML file; a syntax error names the file and line."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+
+
+def known_models(config_dir: Path = CONFIG_DIR) -> list[str]:
+    return sorted(p.stem for p in (config_dir / "models").glob("*.yaml"))
+
+
+def resolve_model_path(model: str, config_dir: Path = CONFIG_DIR) -> Path:
+    """MODEL is a name under configs/models/ or a path to a YAML file."""
+    p = Path(model)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise ConfigError(f"model config {p} does not exist")
+        return p
+    path = config_dir / "models" / f"{model}.yaml"
+    if not path.exists():
+        known = ", ".join(known_models(config_dir)) or "(none)"
+        raise ConfigError(f"unknown MODEL {model!r}: no {path}. Known models: {known}.")
+    return path
+
+
+def load_model_config(model: str, config_dir: Path = CONFIG_DIR) -> ModelConfig:
+    path = resolve_model_path(model, config_dir)
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        cfg = _build(ModelConfig, data)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    cfg.source = path
+    cfg.raw = data
+    return cfg
+
+
+def load_typed(cls: type, data: Any, source: Path, prefix: str = "") -> Any:
+    """Build any config dataclass from YAML data, with errors naming `source`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
+    try:
+        return _build(cls, data, prefix)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def get_param(cfg: ModelConfig, dotted: str) -> Any:
+    """Value of a dotted key (export.opset) in the effective config, for hashing stage params."""
+    obj: Any = cfg
+    for part in dotted.split("."):
+        if dataclasses.is_dataclass(obj):
+            if part not in _fields(type(obj)):
+                raise KeyError(dotted)
+            obj = getattr(obj, part)
+        elif isinstance(obj, dict):
+            obj = obj[part]
+        else:
+            raise KeyError(dotted)
+    if dataclasses.is_dataclass(obj):
+        return {k: v for k, v in dataclasses.asdict(obj).items() if k not in _NOT_YAML_KEYS}
+    return obj

@@ -1,0 +1,62 @@
+"""Stage convert: each simplified ONNX to MNN in every configured variant (fp32, fp16, weight-only int8, ...).
+
+Each conversion runs in its own child process (the converter can segfault) and counts as done only when
+the file exists and MNN loads it and runs it once. A failed cell is a failed row; the other cells go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from stages.artifacts import atomic_output
+from stages.isolate import run_isolated
+from stages.samples import component_example
+
+log = logging.getLogger(__name__)
+
+
+def converter_argv(src: Path, dst: Path, flags: list[str]) -> list[str]:
+    return ["mnnconvert", "-f", "ONNX", "--modelFile", str(src), "--MNNModel", str(dst), "--bizCode", "MNN", *flags]
+
+
+def run(ctx) -> list[dict]:
+    ccfg = ctx.cfg.convert
+    rows = []
+    feeds_cache: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="convert-") as tmpdir:
+        for cell in tqdm(ctx.cells, desc="convert", unit="model"):
+            (src,) = cell.deps
+            (out,) = cell.outs
+            component, variant = cell.values["component"], cell.values["variant"]
+            if component not in feeds_cache:
+                feeds_cache[component] = Path(tmpdir) / f"{component}.npz"
+                np.savez(feeds_cache[component], **component_example(component, ctx.cfg.seed))
+            flags = [*ccfg.variants[variant], *ccfg.extra_args]
+            t0 = time.perf_counter()
+            logfile = ctx.build / "logs" / f"convert-{cell.key}.log"
+            try:
+                with atomic_output(out) as tmp:
+                    res = run_isolated("mnnconvert", {"argv": converter_argv(src, tmp, flags), "dst": str(tmp),
+                                                      "feeds": str(feeds_cache[component])}, logfile, ccfg.timeout_s)
+                    if not res.ok:
+                        raise _CellFailed(res.why)
+                status, info = "ok", res.result
+            except _CellFailed as e:
+                status, info = f"failed: {e}", {}
+                out.unlink(missing_ok=True)  # an artifact from an earlier config must not pass for this one
+                log.error("convert %s failed: %s (log: %s)", cell.key, e, logfile)
+            rows.append({"cell": cell.key, "component": component, "variant": variant, **ctx.describe(out),
+                         "seconds": round(time.perf_counter() - t0, 2), "flags": " ".join(flags),
+                         "smoke_run_ms": round(info.get("run_seconds", float("nan")) * 1000, 1),
+                         "log": ctx.rel(logfile), "status": status})
+    return rows
+
+
+class _CellFailed(Exception):
+    pass

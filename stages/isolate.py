@@ -1,0 +1,82 @@
+"""Run native tools (MNN converter, quantizer, runtimes) in a child process, so a segfault fails one cell.
+
+The child is `python -m stages.worker TASK REQUEST.json`; it writes its result as JSON. Its output goes to a
+log file that is kept; on failure the caller gets the exit signal and the last lines of that log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IsolatedResult:
+    ok: bool
+    returncode: int | None
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    log_tail: str = ""
+
+    @property
+    def why(self) -> str:
+        """One line for a CSV status: the error, the signal, and the last log lines."""
+        tail = " | ".join(line.strip() for line in self.log_tail.splitlines()[-4:] if line.strip())
+        return f"{self.error}" + (f" [last output: {tail}]" if tail else "")
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "did not finish"
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name} ({-returncode})"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+def run_isolated(task: str, request: dict[str, Any], log_file: Path, timeout_s: float) -> IsolatedResult:
+    """Run worker `task` with `request` in a child process; never raises for a crash or a timeout."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sam-deploy-") as tmp:
+        req = Path(tmp) / "request.json"
+        res = Path(tmp) / "result.json"
+        req.write_text(json.dumps({**request, "result_file": str(res)}))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(log_file, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "stages.worker", task, str(req)],
+                                    stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    cwd=Path(__file__).resolve().parent.parent)
+            try:
+                rc = proc.wait(timeout=timeout_s)
+                error = "" if rc == 0 else f"{task} {describe_exit(rc)}"
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                rc, error = None, f"{task} timed out after {timeout_s:.0f} s and was killed"
+            except BaseException:  # Ctrl-C: take the child down with us
+                proc.kill()
+                proc.wait()
+                raise
+        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-12:])
+        result: dict[str, Any] = {}
+        if res.exists():
+            result = json.loads(res.read_text())
+        if not error and result.get("error"):
+            error = result["error"]
+        if not error and not res.exists():
+            error = f"{task} exited without a result"
+    if error:
+        log.debug("%s failed: %s\n%s", task, error, tail)
+    return IsolatedResult(ok=not error, returncode=rc, result=result, error=error, log_tail=tail)

@@ -1,0 +1,466 @@
+"""The runner: reads pipeline.yaml, orders stages, skips the ones whose hash is unchanged, runs the rest.
+
+A stage's hash covers its params (dotted keys of the model config), its input files and its own code
+(the stage module and every `stages.*` module it imports). The lock file in the build folder records
+the hashes and the outputs of every finished stage, as DVC's dvc.lock does.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import importlib
+import itertools
+import json
+import logging
+import os
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from stages import artifacts
+from stages.config import ModelConfig, get_param, read_yaml
+from stages.errors import ConfigError, PipelineError
+from stages.models import file_sha256, weights_tag
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+STAGE_KEYS = {"module", "params", "deps", "outs", "matrix", "desc"}
+
+
+@dataclass
+class Cell:
+    """One point of a stage's matrix (e.g. component=encoder, variant=fp16) with its own deps and outs."""
+
+    values: dict[str, str]
+    deps: list[Path]
+    outs: list[Path]
+
+    @property
+    def key(self) -> str:
+        return "-".join(self.values.values()) or "all"
+
+
+@dataclass
+class Stage:
+    name: str
+    module: str
+    params: list[str]
+    cells: list[Cell]
+    desc: str = ""
+
+    @property
+    def deps(self) -> list[Path]:
+        return _unique(p for c in self.cells for p in c.deps)
+
+    @property
+    def outs(self) -> list[Path]:
+        return _unique(p for c in self.cells for p in c.outs)
+
+
+@dataclass
+class StageContext:
+    """What a stage's run() gets: its config, folders, cells and the weights tag for its rows."""
+
+    stage: Stage
+    cfg: ModelConfig
+    root: Path
+    build: Path
+    reports: Path
+    weights: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cells(self) -> list[Cell]:
+        return self.stage.cells
+
+    def rel(self, path: Path) -> str:
+        """A path as reports show it: relative to the run's root when it lies under it."""
+        try:
+            return str(Path(path).relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        """path (relative), bytes and sha256 of an artifact, for a report row."""
+        return {**artifacts.describe_file(path), "path": self.rel(path)}
+
+
+def _unique(paths) -> list[Path]:
+    seen: dict[Path, None] = {}
+    for p in paths:
+        seen.setdefault(p, None)
+    return list(seen)
+
+
+# ---------------------------------------------------------------- loading pipeline.yaml
+
+_VAR = re.compile(r"\$\{(\w+)\}")
+_CELL = re.compile(r"\{(\w+)\}")
+
+
+def load_pipeline(path: Path, cfg: ModelConfig, root: Path) -> list[Stage]:
+    data = read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+        raise ConfigError(f"{path}: expected a top-level 'stages:' mapping of stage name to its definition")
+    variables = {"build": str(build_dir(root, cfg)), "reports": str(reports_dir(root, cfg)), "model": cfg.name}
+    stages = []
+    for name, spec in data["stages"].items():
+        where = f"{path}: stage {name!r}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected a mapping with keys {', '.join(sorted(STAGE_KEYS))}")
+        unknown = set(spec) - STAGE_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(STAGE_KEYS))}")
+        if not isinstance(spec.get("module"), str):
+            raise ConfigError(f"{where}: 'module' must name a Python module, e.g. stages.{name}")
+        for key in ("params", "deps", "outs"):
+            if not isinstance(spec.get(key, []), list):
+                raise ConfigError(f"{where}: {key!r} must be a list")
+        for p in spec.get("params", []):
+            if p == "weights":
+                continue
+            try:
+                get_param(cfg, p)
+            except KeyError:
+                raise ConfigError(f"{where}: param {p!r} is not a key of the model config {cfg.source}") from None
+        matrix = _matrix(spec.get("matrix", {}), cfg, where)
+        cells = []
+        for combo in itertools.product(*matrix.values()):
+            values = dict(zip(matrix, combo))
+
+            def expand(s: str, values=values) -> Path:
+                s = _VAR.sub(lambda m: variables.get(m.group(1), m.group(0)), s)
+                try:
+                    s = _CELL.sub(lambda m: values[m.group(1)], s)
+                except KeyError as e:
+                    raise ConfigError(f"{where}: {{{e.args[0]}}} is not a matrix key of this stage") from None
+                p = Path(s)
+                return p if p.is_absolute() else root / p
+
+            cells.append(Cell(values, [expand(d) for d in spec.get("deps", [])], [expand(o) for o in spec.get("outs", [])]))
+        stages.append(Stage(name, spec["module"], list(spec.get("params", [])), cells, spec.get("desc", "")))
+    _check_graph(stages, path)
+    return stages
+
+
+def _matrix(spec: Any, cfg: ModelConfig, where: str) -> dict[str, list[str]]:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: 'matrix' must map a name to a list or to a config key holding one")
+    out = {}
+    for k, v in spec.items():
+        if isinstance(v, str):
+            try:
+                v = get_param(cfg, v)
+            except KeyError:
+                raise ConfigError(f"{where}: matrix {k!r} names {v!r}, which is not a key of {cfg.source}") from None
+        if isinstance(v, dict):
+            v = list(v)
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"{where}: matrix {k!r} must be a non-empty list, got {v!r}")
+        out[k] = [str(x) for x in v]
+    return out
+
+
+def _check_graph(stages: list[Stage], path: Path) -> None:
+    makers: dict[Path, str] = {}
+    for s in stages:
+        for o in s.outs:
+            if o in makers:
+                raise ConfigError(f"{path}: {o} is an output of both {makers[o]!r} and {s.name!r}")
+            makers[o] = s.name
+    done: set[str] = set()
+    for s in stages:
+        for d in s.deps:
+            if d in makers and makers[d] not in done:
+                raise ConfigError(
+                    f"{path}: stage {s.name!r} reads {d}, made by {makers[d]!r}, which must be listed before it"
+                )
+        done.add(s.name)
+
+
+def build_dir(root: Path, cfg: ModelConfig) -> Path:
+    return root / "build" / cfg.name
+
+
+def reports_dir(root: Path, cfg: ModelConfig) -> Path:
+    return root / "reports" / cfg.name
+
+
+def report_path(ctx_or_root, cfg: ModelConfig | None = None, stage: str | None = None) -> Path:
+    if isinstance(ctx_or_root, StageContext):
+        return ctx_or_root.reports / f"{ctx_or_root.stage.name}.csv"
+    return reports_dir(ctx_or_root, cfg) / f"{stage}.csv"
+
+
+# ---------------------------------------------------------------- hashing
+
+
+def code_files(module: str) -> list[Path]:
+    """The stage module and every stages.* module it imports, transitively."""
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        mod = todo.pop()
+        if mod in seen or not mod.startswith("stages"):
+            continue
+        rel = mod.split(".")[1:]
+        file = PACKAGE_DIR.joinpath(*rel).with_suffix(".py") if rel else PACKAGE_DIR / "__init__.py"
+        if not file.exists():
+            file = PACKAGE_DIR.joinpath(*rel, "__init__.py")
+            if not file.exists():
+                continue
+        seen[mod] = file
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module
+                if node.level:
+                    base = ".".join(mod.split(".")[: -node.level] + [node.module])
+                todo.append(base)
+                todo.extend(f"{base}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                todo.extend(a.name for a in node.names)
+    return sorted(seen.values())
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Lock:
+    """build/<model>/pipeline.lock.json: per finished stage its hashes and outputs; plus a file-hash cache."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, Any] = {"stages": {}, "files": {}}
+        if path.exists():
+            try:
+                self.data = json.loads(path.read_text())
+            except (json.JSONDecodeError, OSError):
+                log.warning("lock file %s is unreadable; every stage will re-run", path)
+        self.data.setdefault("stages", {})
+        self.data.setdefault("files", {})
+
+    def file_hash(self, path: Path) -> str:
+        st = path.stat()
+        key = str(path)
+        hit = self.data["files"].get(key)
+        if hit and hit["size"] == st.st_size and hit["mtime_ns"] == st.st_mtime_ns:
+            return hit["sha256"]
+        h = file_sha256(path)
+        self.data["files"][key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h}
+        return h
+
+    def save(self) -> None:
+        with artifacts.atomic_output(self.path) as tmp:
+            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+
+
+def stage_state(stage: Stage, ctx: StageContext, lock: Lock, report: Path) -> dict[str, Any]:
+    params = {p: (ctx.weights if p == "weights" else get_param(ctx.cfg, p)) for p in stage.params}
+    code = {str(f.relative_to(PACKAGE_DIR.parent)): file_sha256(f) for f in code_files(stage.module)}
+    return {
+        "params": params,
+        "code": _digest(code),
+        "deps": {str(d): lock.file_hash(d) for d in stage.deps if d.exists()},
+        "outs": sorted(str(o) for o in stage.outs + [report]),
+    }
+
+
+def why_stale(stage: Stage, state: dict[str, Any], lock: Lock) -> str | None:
+    """None when the stage is up to date, else the reason it must run."""
+    old = lock.data["stages"].get(stage.name)
+    if old is None:
+        return "never finished"
+    for key in ("code", "params", "deps"):
+        if old.get(key) != state[key]:
+            if key == "params":
+                changed = [k for k in state["params"] if old["params"].get(k) != state["params"][k]]
+                return f"params changed: {', '.join(changed) or 'set of params'}"
+            return f"{key} changed"
+    for out in state["outs"]:
+        p = Path(out)
+        rec = old.get("out_files", {}).get(out)
+        if not p.exists():
+            return f"output {p} is missing"
+        if rec is None or lock.file_hash(p) != rec:
+            return f"output {p} changed since it was made"
+    return None
+
+
+# ---------------------------------------------------------------- running
+
+
+@contextlib.contextmanager
+def run_lock(build: Path) -> Iterator[None]:
+    """One run per model at a time: a second one fails at once with a clear message."""
+    build.mkdir(parents=True, exist_ok=True)
+    path = build / ".run.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise PipelineError(
+                f"another run on {build} is in progress ({holder}); wait for it to finish or stop it first"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str  # ran | cached | failed | skipped
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def provenance(ctx: StageContext) -> dict[str, Any]:
+    return {"model": ctx.cfg.name, "weights": ctx.weights, "stage": ctx.stage.name}
+
+
+def finish_rows(ctx: StageContext, rows: list[dict]) -> list[dict]:
+    prov = provenance(ctx)
+    extra = {**artifacts.machine(), **artifacts.tool_versions()}
+    return [{**prov, **r, **{k: v for k, v in extra.items() if k not in r}} for r in rows]
+
+
+def _select(stages: list[Stage], targets: list[str] | None, single: bool, path: Path) -> list[Stage]:
+    if not targets:
+        return stages
+    by_name = {s.name: s for s in stages}
+    for t in targets:
+        if t not in by_name:
+            raise PipelineError(f"unknown stage {t!r} in {path}; stages: {', '.join(by_name)}")
+    if single:
+        return [s for s in stages if s.name in targets]
+    makers = {o: s.name for s in stages for o in s.outs}
+    want = set(targets)
+    for s in reversed(stages):
+        if s.name in want:
+            want.update(makers[d] for d in s.deps if d in makers)
+    return [s for s in stages if s.name in want]
+
+
+def run_pipeline(
+    cfg: ModelConfig,
+    root: Path,
+    pipeline_file: Path | None = None,
+    targets: list[str] | None = None,
+    single: bool = False,
+    force: bool = False,
+    options: dict[str, Any] | None = None,
+) -> list[StageResult]:
+    """Run the stages (targets and what they need, or all) in order; return one result per stage."""
+    from stages.models import warn_if_random
+
+    pipeline_file = pipeline_file or PACKAGE_DIR.parent / "pipeline.yaml"
+    all_stages = load_pipeline(pipeline_file, cfg, root)
+    stages = _select(all_stages, targets, single, pipeline_file)
+    makers = {o: s.name for s in all_stages for o in s.outs}
+    build, reports = build_dir(root, cfg), reports_dir(root, cfg)
+    results: list[StageResult] = []
+    with run_lock(build):
+        weights = weights_tag(cfg, root)
+        warn_if_random(cfg, root)
+        lock = Lock(build / "pipeline.lock.json")
+        failed: set[str] = set()
+        for stage in stages:
+            ctx = StageContext(stage, cfg, root, build, reports, weights, dict(options or {}))
+            report = report_path(ctx)
+            upstream_failed = sorted({makers[d] for d in stage.deps if d in makers and makers[d] in failed})
+            if upstream_failed:
+                failed.add(stage.name)
+                results.append(StageResult(stage.name, "skipped", detail=f"upstream failed: {', '.join(upstream_failed)}"))
+                log.error("[%s] skipped: upstream stage %s failed", stage.name, ", ".join(upstream_failed))
+                continue
+            missing = [d for d in stage.deps if not d.exists()]
+            if missing:
+                d = missing[0]
+                who = f"it is made by stage {makers[d]!r}; run that stage first (drop --single)" if d in makers else \
+                    "no stage makes it; create it or fix the deps in pipeline.yaml"
+                raise PipelineError(f"stage {stage.name!r} needs input {d}, which is missing: {who}")
+            state = stage_state(stage, ctx, lock, report)
+            reason = "forced" if force else why_stale(stage, state, lock)
+            if reason is None:
+                results.append(StageResult(stage.name, "cached"))
+                log.info("[%s] up to date, skipped", stage.name)
+                continue
+            for d in {o.parent for o in stage.outs}:
+                for p in artifacts.remove_partials(d):
+                    log.info("[%s] removed partial file %s left by an interrupted run", stage.name, p)
+            log.info("[%s] running (%s)", stage.name, reason)
+            results.append(_run_stage(stage, ctx, state, lock, report))
+            if results[-1].status == "failed":
+                failed.add(stage.name)
+    return results
+
+
+def _run_stage(stage: Stage, ctx: StageContext, state: dict, lock: Lock, report: Path) -> StageResult:
+    t0 = time.perf_counter()
+    lock.data["stages"].pop(stage.name, None)  # a stage that starts is not finished until it says so
+    lock.save()
+    try:
+        module = importlib.import_module(stage.module)
+        rows = module.run(ctx)
+    except PipelineError as e:
+        log.error("[%s] failed: %s", stage.name, e)
+        _write_failure_report(ctx, report, str(e))
+        return StageResult(stage.name, "failed", time.perf_counter() - t0, str(e))
+    except Exception as e:  # a bug or a tool's exception: the stage fails, the run goes on
+        tb = traceback.format_exc(limit=-3)
+        log.error("[%s] failed with %s: %s\n%s", stage.name, type(e).__name__, e, tb)
+        _write_failure_report(ctx, report, f"{type(e).__name__}: {e}")
+        return StageResult(stage.name, "failed", time.perf_counter() - t0, f"{type(e).__name__}: {e}")
+    seconds = time.perf_counter() - t0
+    rows = finish_rows(ctx, rows)
+    artifacts.write_csv(report, rows, first=["model", "weights", "stage"])
+    bad = [r for r in rows if str(r.get("status", "ok")).startswith("failed")]
+    missing = [o for o in stage.outs if not o.exists()]
+    if bad or missing:
+        detail = "; ".join([f"{r.get('cell', r.get('path', '?'))}: {r['status']}" for r in bad]
+                           + [f"output {o} was not made" for o in missing if not bad])
+        log.error("[%s] failed: %s", stage.name, detail)
+        return StageResult(stage.name, "failed", seconds, detail)
+    state = dict(state)
+    state["out_files"] = {o: lock.file_hash(Path(o)) for o in state["outs"]}
+    state["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    state["seconds"] = round(seconds, 2)
+    lock.data["stages"][stage.name] = state
+    lock.save()
+    log.info("[%s] done in %.1f s -> %s", stage.name, seconds, report)
+    return StageResult(stage.name, "ran", seconds)
+
+
+def _write_failure_report(ctx: StageContext, report: Path, why: str) -> None:
+    """A stage that raised still leaves a report saying so (its artifacts stay as they were)."""
+    rows = finish_rows(ctx, [{"cell": c.key, "status": f"failed: {why}"} for c in ctx.cells])
+    artifacts.write_csv(report, rows, first=["model", "weights", "stage"])
+
+
+def summary_table(results: list[StageResult]) -> str:
+    lines = [f"{'stage':<16} {'status':<8} {'seconds':>8}  detail"]
+    for r in results:
+        lines.append(f"{r.stage:<16} {r.status:<8} {r.seconds:>8.1f}  {r.detail[:200]}")
+    return "\n".join(lines)
+
+
+def as_dict(obj: Any) -> Any:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,82 @@
+"""SAM's image and prompt preprocessing in numpy (no torch), shared by the pipeline and the MNN-only runtime.
+
+Matches segment_anything's ResizeLongestSide + Sam.preprocess: resize the longest side to 1024
+(bilinear, as PIL does it), normalize with ImageNet pixel statistics, pad bottom-right with zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+IMAGE_SIZE = 1024
+PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
+PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+
+Resize = Callable[[np.ndarray, tuple[int, int]], np.ndarray]  # (HxWx3 uint8, (new_h, new_w)) -> uint8
+
+
+def resized_shape(h: int, w: int, target: int = IMAGE_SIZE) -> tuple[int, int]:
+    """(new_h, new_w) with the longest side scaled to `target`, rounded as SAM rounds."""
+    scale = target / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def pil_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def preprocess_image(image: np.ndarray, resize: Resize = pil_resize, target: int = IMAGE_SIZE) -> np.ndarray:
+    """HxWx3 uint8 RGB -> [1,3,target,target] float32, normalized and zero-padded bottom-right."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
+    h, w = resized_shape(*image.shape[:2], target)
+    x = (resize(image, (h, w)).astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
+    out = np.zeros((1, 3, target, target), dtype=np.float32)
+    out[0, :, :h, :w] = x.transpose(2, 0, 1)
+    return out
+
+
+def transform_coords(coords: np.ndarray, orig_hw: tuple[int, int], target: int = IMAGE_SIZE) -> np.ndarray:
+    """Point (x, y) coordinates in the original image -> coordinates in the resized 1024 frame."""
+    h, w = orig_hw
+    nh, nw = resized_shape(h, w, target)
+    out = np.asarray(coords, dtype=np.float32).copy()
+    out[..., 0] *= nw / w
+    out[..., 1] *= nh / h
+    return out
+
+
+def decoder_feeds(
+    embeddings: np.ndarray,
+    points: np.ndarray,
+    labels: np.ndarray,
+    orig_hw: tuple[int, int],
+    box: np.ndarray | None = None,
+    mask_input: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Inputs of the exported decoder (SamOnnxModel) for one prompt, coordinates in original-image pixels.
+
+    A box becomes two points labelled 2 and 3; with no box, a padding point labelled -1 is added, as
+    SamPredictor does for the ONNX model.
+    """
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    lab = np.asarray(labels, dtype=np.float32).reshape(-1)
+    if box is not None:
+        pts = np.concatenate([pts, np.asarray(box, dtype=np.float32).reshape(2, 2)])
+        lab = np.concatenate([lab, np.array([2, 3], dtype=np.float32)])
+    else:
+        pts = np.concatenate([pts, np.zeros((1, 2), dtype=np.float32)])
+        lab = np.concatenate([lab, np.array([-1], dtype=np.float32)])
+    return {
+        "image_embeddings": embeddings.astype(np.float32),
+        "point_coords": transform_coords(pts, orig_hw)[None],
+        "point_labels": lab[None],
+        "mask_input": (np.zeros((1, 1, 256, 256), np.float32) if mask_input is None
+                       else np.asarray(mask_input, np.float32).reshape(1, 1, 256, 256)),
+        "has_mask_input": np.array([0.0 if mask_input is None else 1.0], dtype=np.float32),
+        "orig_im_size": np.array(orig_hw, dtype=np.float32),
+    }
