@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN := $(PY) -m stages
 
-.PHONY: install all test status clean clean-all help
+.PHONY: install all test lint status clean clean-all help
 
 help:
 	@echo "make all MODEL=vit_t    build .venv if needed, then run every stage for MODEL (cached stages are skipped)"
@@ -23,6 +23,9 @@ install: $(VENV)/.installed
 
 all: install
 	$(RUN) run --model $(MODEL)
+
+lint: install
+	$(PY) -m ruff check stages tests
 
 status: install
 	$(RUN) status --model $(MODEL)

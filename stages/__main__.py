@@ -53,7 +53,16 @@ def cmd_run(args) -> int:
 
 def cmd_status(args) -> int:
     from stages.models import weights_tag
-    from stages.pipeline import Lock, StageContext, build_dir, load_pipeline, report_path, reports_dir, stage_state, why_stale
+    from stages.pipeline import (
+        Lock,
+        StageContext,
+        build_dir,
+        load_pipeline,
+        report_path,
+        reports_dir,
+        stage_state,
+        why_stale,
+    )
 
     cfg = _load(args)
     root = args.root.resolve()

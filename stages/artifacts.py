@@ -7,8 +7,8 @@ import functools
 import importlib.metadata
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 

@@ -165,12 +165,12 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     allowed = _fields(cls)
     unknown = [k for k in data if k not in allowed]
     if unknown:
-        raise ValueError(f"unknown key {prefix}{unknown[0]!r}; allowed keys here: {', '.join(allowed)}")
+        raise ValueError(f"unknown key '{prefix}{unknown[0]}'; allowed keys here: {', '.join(allowed)}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in _NOT_YAML_KEYS or f.name not in data:
             if f.name not in _NOT_YAML_KEYS and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ValueError(f"missing required key {prefix}{f.name!r}")
+                raise ValueError(f"missing required key '{prefix}{f.name}'")
             continue
         kwargs[f.name] = _coerce(data[f.name], hints[f.name], prefix + f.name)
     try:

@@ -20,9 +20,10 @@ import os
 import re
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from stages import artifacts
 from stages.config import ModelConfig, get_param, read_yaml
@@ -134,21 +135,24 @@ def load_pipeline(path: Path, cfg: ModelConfig, root: Path) -> list[Stage]:
         matrix = _matrix(spec.get("matrix", {}), cfg, where)
         cells = []
         for combo in itertools.product(*matrix.values()):
-            values = dict(zip(matrix, combo))
-
-            def expand(s: str, values=values) -> Path:
-                s = _VAR.sub(lambda m: variables.get(m.group(1), m.group(0)), s)
-                try:
-                    s = _CELL.sub(lambda m: values[m.group(1)], s)
-                except KeyError as e:
-                    raise ConfigError(f"{where}: {{{e.args[0]}}} is not a matrix key of this stage") from None
-                p = Path(s)
-                return p if p.is_absolute() else root / p
-
-            cells.append(Cell(values, [expand(d) for d in spec.get("deps", [])], [expand(o) for o in spec.get("outs", [])]))
+            values = dict(zip(matrix, combo, strict=True))
+            deps = [_expand(d, variables, values, root, where) for d in spec.get("deps", [])]
+            outs = [_expand(o, variables, values, root, where) for o in spec.get("outs", [])]
+            cells.append(Cell(values, deps, outs))
         stages.append(Stage(name, spec["module"], list(spec.get("params", [])), cells, spec.get("desc", "")))
     _check_graph(stages, path)
     return stages
+
+
+def _expand(template: str, variables: dict[str, str], values: dict[str, str], root: Path, where: str) -> Path:
+    """`${build}/mnn/{component}.mnn` -> a path under root, for one matrix cell."""
+    s = _VAR.sub(lambda m: variables.get(m.group(1), m.group(0)), template)
+    try:
+        s = _CELL.sub(lambda m: values[m.group(1)], s)
+    except KeyError as e:
+        raise ConfigError(f"{where}: {{{e.args[0]}}} in {template!r} is not a matrix key of this stage") from None
+    p = Path(s)
+    return p if p.is_absolute() else root / p
 
 
 def _matrix(spec: Any, cfg: ModelConfig, where: str) -> dict[str, list[str]]:

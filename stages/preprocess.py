@@ -6,7 +6,7 @@ Matches segment_anything's ResizeLongestSide + Sam.preprocess: resize the longes
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

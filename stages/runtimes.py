@@ -53,7 +53,7 @@ class OrtRuntime(Runtime):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.session.run(None, {k: feeds[k] for k in self.input_names})
-        return dict(zip(self.output_names, outs))
+        return dict(zip(self.output_names, outs, strict=True))
 
     @classmethod
     def version(cls) -> str:
@@ -78,7 +78,10 @@ class MnnRuntime(Runtime):
         self._F = F
         config = {"backend": backend, "numThread": threads, "precision": precision, "memory": memory, "power": power}
         self.runtime_manager = nn.create_runtime_manager((config,))
-        self.module = nn.load_module_from_file(str(path), [], [], runtime_manager=self.runtime_manager)
+        try:
+            self.module = nn.load_module_from_file(str(path), [], [], runtime_manager=self.runtime_manager)
+        except Exception:  # MNN raises SystemError for a truncated or foreign file
+            self.module = None
         if self.module is None:
             raise PipelineError(f"MNN cannot load {path} (not an MNN model, or truncated)")
         info = self.module.get_info()
@@ -91,7 +94,7 @@ class MnnRuntime(Runtime):
                   for n in self.input_names]
         outs = self.module.forward(inputs)
         result = {}
-        for name, var in zip(self.output_names, outs):
+        for name, var in zip(self.output_names, outs, strict=True):
             if var.data_format == F.NC4HW4:
                 var = F.convert(var, F.NCHW)
             result[name] = np.array(var.read(), copy=True)

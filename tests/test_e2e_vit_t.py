@@ -1,0 +1,40 @@
+"""End to end: the real MobileSAM vit_t through every stage, as `make all MODEL=vit_t` runs it."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.__main__ import main
+from stages.runtimes import MnnRuntime, OrtRuntime
+from stages.samples import component_example
+
+
+@pytest.mark.e2e
+def test_vit_t_pipeline_end_to_end(tmp_path, capsys):
+    assert main(["run", "--model", "vit_t", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for stage in ("export_encoder", "export_decoder", "simplify", "convert"):
+        assert f"{stage}" in out
+    reports = tmp_path / "reports" / "vit_t"
+    convert = pd.read_csv(reports / "convert.csv")
+    assert sorted(convert["cell"]) == sorted(f"{c}-{v}" for c in ("encoder", "decoder") for v in ("fp32", "fp16", "wint8"))
+    assert (convert["status"] == "ok").all()
+    assert (convert["weights"] == "random-seed-0").all()
+    export = pd.read_csv(reports / "export_encoder.csv").iloc[0]
+    assert export["max_abs_diff_vs_torch"] < 1e-3
+
+    build = tmp_path / "build" / "vit_t"
+    feeds = component_example("encoder")
+    ref = OrtRuntime(build / "onnx" / "encoder.sim.onnx", threads=2).run(feeds)["image_embeddings"]
+    got = MnnRuntime(build / "mnn" / "encoder.fp32.mnn", threads=2).run(feeds)["image_embeddings"]
+    cos = float((got * ref).sum() / (np.linalg.norm(got) * np.linalg.norm(ref)))
+    assert cos > 0.9999
+
+    t0 = time.perf_counter()
+    assert main(["run", "--model", "vit_t", "--root", str(tmp_path)]) == 0
+    assert time.perf_counter() - t0 < 15
+    assert out.count("ran") >= 4 and capsys.readouterr().out.count("cached") == 4
