@@ -64,6 +64,59 @@ class ConvertConfig:
 
 
 @dataclass
+class Thresholds:
+    """Pass/fail limits for one precision tier. Encoder: embeddings; decoder: masks from the same
+    (PyTorch) embeddings; e2e: the artifact's own encoder feeding its own decoder."""
+
+    cosine: float = 0.9999  # encoder embeddings cosine similarity, at least
+    rel_l2: float = 0.01  # encoder ||a-b|| / ||b||, at most
+    mask_iou: float = 0.99  # decoder masks thresholded at 0, IoU at least
+    # a mask logit is "within tolerance" when |a-b| <= logit_rtol * max|reference logits|: relative, since
+    # logit scales differ by orders of magnitude between trained and seeded random weights
+    logit_rtol: float = 0.01
+    logits_within_tol: float = 0.99  # fraction of mask logits within tolerance, at least
+    iou_pred_abs: float = 0.01  # |delta iou_predictions|, at most
+    e2e_mask_iou: float = 0.99  # end-to-end mask IoU, at least
+    why: str = ""  # where the numbers come from
+
+
+DEFAULT_PARITY_IMAGES = ["astronaut", "coffee", "chelsea", "rocket"]
+DEFAULT_MNN_PRECISIONS = {"fp32": ["normal", "high", "low", "Low_BF16"], "fp16": ["normal", "low"],
+                          "wint8": ["normal", "low"]}
+
+
+@dataclass
+class ParityConfig:
+    # skimage photo names, image files or folders of images
+    images: list[str] = field(default_factory=lambda: list(DEFAULT_PARITY_IMAGES))
+    threads: int = 2
+    # MNN runtime precisions each converted variant is checked under
+    mnn_precisions: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_MNN_PRECISIONS.items()})
+    # tier -> limits. A cell's tier is "variant@precision" if listed, else its variant (fp32 for ONNX).
+    thresholds: dict[str, Thresholds] = field(default_factory=lambda: {"fp32": Thresholds()})
+    timeout_s: int = 1800
+
+    def __post_init__(self) -> None:
+        from stages.runtimes import MNN_PRECISIONS
+
+        if self.threads <= 0:
+            raise ValueError(f"parity.threads must be >= 1, got {self.threads}")
+        if not self.images:
+            raise ValueError("parity.images is empty: expected photo names, image files or folders")
+        for variant, precs in self.mnn_precisions.items():
+            for p in precs:
+                _check_choice(f"parity.mnn_precisions.{variant}", p, MNN_PRECISIONS)
+        if "fp32" not in self.thresholds:
+            raise ValueError("parity.thresholds needs an 'fp32' entry (used for ONNX and MNN fp32 cells)")
+
+    def tier(self, variant: str, precision: str) -> str:
+        key = f"{variant}@{precision}"
+        if key in self.thresholds:
+            return key
+        return variant if variant in self.thresholds else "fp32"
+
+
+@dataclass
 class ModelConfig:
     name: str
     # family.arch: mobile_sam.vit_t, segment_anything.vit_b, ... or tiny.vit_t / tiny.vit_b for tests
@@ -74,6 +127,7 @@ class ModelConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     simplify: SimplifyConfig = field(default_factory=SimplifyConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
+    parity: ParityConfig = field(default_factory=ParityConfig)
 
     # where it was loaded from (not a YAML key)
     source: Path | None = field(default=None, compare=False)

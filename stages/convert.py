@@ -6,9 +6,12 @@ the file exists and MNN loads it and runs it once. A failed cell is a failed row
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,21 @@ log = logging.getLogger(__name__)
 
 def converter_argv(src: Path, dst: Path, flags: list[str]) -> list[str]:
     return ["mnnconvert", "-f", "ONNX", "--modelFile", str(src), "--MNNModel", str(dst), "--bizCode", "MNN", *flags]
+
+
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def pin_uuid(path: Path) -> None:
+    """MNN's converter stamps each model with a random UUID, so the same conversion gives a new sha256 every
+    time and everything downstream would re-run. Replace it with one derived from the rest of the file."""
+    data = bytearray(path.read_bytes())
+    m = _UUID.search(data, 0, 4096)
+    if m is None:
+        return
+    rest = hashlib.sha256(bytes(data[: m.start()]) + bytes(data[m.end() :])).digest()
+    data[m.start() : m.end()] = str(uuid.UUID(bytes=rest[:16], version=5)).encode()
+    path.write_bytes(bytes(data))
 
 
 def run(ctx) -> list[dict]:
@@ -46,6 +64,7 @@ def run(ctx) -> list[dict]:
                                                       "feeds": str(feeds_cache[component])}, logfile, ccfg.timeout_s)
                     if not res.ok:
                         raise _CellFailed(res.why)
+                    pin_uuid(tmp)
                 status, info = "ok", res.result
             except _CellFailed as e:
                 status, info = f"failed: {e}", {}

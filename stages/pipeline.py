@@ -437,9 +437,13 @@ def _run_stage(stage: Stage, ctx: StageContext, state: dict, lock: Lock, report:
     rows = finish_rows(ctx, rows)
     artifacts.write_csv(report, rows, first=["model", "weights", "stage"])
     bad = [r for r in rows if str(r.get("status", "ok")).startswith("failed")]
+    below = [r for r in rows if r.get("pass") is False and r not in bad]
     missing = [o for o in stage.outs if not o.exists()]
-    if bad or missing:
-        detail = "; ".join([f"{r.get('cell', r.get('path', '?'))}: {r['status']}" for r in bad]
+    if bad or below or missing:
+        failed_cells = list(dict.fromkeys(f"{r.get('cell', r.get('path', '?'))}: {r['status']}" for r in bad))
+        detail = "; ".join(failed_cells[:3] + ([f"... {len(failed_cells) - 3} more"] if len(failed_cells) > 3 else [])
+                           + ([f"{len(below)} rows fail their thresholds (pass=False in {ctx.rel(report)})"]
+                              if below else [])
                            + [f"output {o} was not made" for o in missing if not bad])
         log.error("[%s] failed: %s", stage.name, detail)
         return StageResult(stage.name, "failed", seconds, detail)

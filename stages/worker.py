@@ -43,7 +43,29 @@ def smoke_run(req: dict) -> dict:
     return {"run_seconds": seconds, "shapes": shapes, "inputs": rt.input_names, "outputs": rt.output_names}
 
 
-TASKS = {"mnnconvert": mnnconvert, "mnn_smoke": smoke_run}
+def infer(req: dict) -> dict:
+    """Load a model with one runtime and run every case of a feeds .npz ("case::input" keys) through it."""
+    from stages.runtimes import RUNTIMES
+
+    t0 = time.perf_counter()
+    rt = RUNTIMES[req["runtime"]](Path(req["model"]), threads=req["threads"], precision=req["precision"])
+    load_seconds = time.perf_counter() - t0
+    data = np.load(req["feeds"])
+    cases: dict[str, dict[str, np.ndarray]] = {}
+    for key in data.files:
+        case, name = key.rsplit("::", 1)
+        cases.setdefault(case, {})[name] = data[key]
+    outs = {}
+    t0 = time.perf_counter()
+    for case, feeds in cases.items():
+        for name, value in rt.run(feeds).items():
+            outs[f"{case}::{name}"] = value
+    run_seconds = time.perf_counter() - t0
+    np.savez(req["out"], **outs)
+    return {"load_seconds": load_seconds, "run_seconds": run_seconds, "cases": len(cases)}
+
+
+TASKS = {"mnnconvert": mnnconvert, "mnn_smoke": smoke_run, "infer": infer}
 
 
 def main() -> None:

@@ -44,7 +44,9 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture
 def fp32_only(tmp_path):
     """A fresh root and a tiny config with only the fp32 variant (for tests that re-run stages)."""
-    cfg_path = write_config(tmp_path / "tiny_fp32.yaml", **{"convert.variants": {"fp32": []}, "name": "tiny_fp32"})
+    cfg_path = write_config(tmp_path / "tiny_fp32.yaml", **{"convert.variants": {"fp32": []}, "name": "tiny_fp32",
+                                                            "parity.images": ["chelsea"],
+                                                            "parity.mnn_precisions": {"fp32": ["normal"]}})
     root = tmp_path / "root"
     root.mkdir()
     return root, cfg_path

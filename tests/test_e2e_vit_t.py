@@ -17,7 +17,9 @@ from stages.samples import component_example
 def test_vit_t_pipeline_end_to_end(tmp_path, capsys):
     assert main(["run", "--model", "vit_t", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for stage in ("export_encoder", "export_decoder", "simplify", "convert"):
+    assert out.count(" ran ") == 5
+    stages = ("export_encoder", "export_decoder", "simplify", "convert", "parity")
+    for stage in stages:
         assert f"{stage}" in out
     reports = tmp_path / "reports" / "vit_t"
     convert = pd.read_csv(reports / "convert.csv")
@@ -37,4 +39,6 @@ def test_vit_t_pipeline_end_to_end(tmp_path, capsys):
     t0 = time.perf_counter()
     assert main(["run", "--model", "vit_t", "--root", str(tmp_path)]) == 0
     assert time.perf_counter() - t0 < 15
-    assert out.count("ran") >= 4 and capsys.readouterr().out.count("cached") == 4
+    assert capsys.readouterr().out.count("cached") == len(stages)
+    parity = pd.read_csv(reports / "parity.csv")
+    assert parity["pass"].all() and len(parity) == 3 * 10  # 10 cells x encoder/decoder/e2e

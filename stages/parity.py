@@ -1,0 +1,252 @@
+"""Stage parity: every artifact against the PyTorch model with the same weights, on real photos and prompts.
+
+Cells are (artifact, runtime, precision): the raw and simplified ONNX on onnxruntime, and each MNN
+variant under each runtime precision it is meant for. Per cell three rows:
+  encoder  the artifact's embeddings vs PyTorch's, on every image
+  decoder  the artifact's decoder fed PyTorch's embeddings, on every prompt of every image
+  e2e      the artifact's own encoder feeding its own decoder, vs PyTorch end to end
+Rows are ordered by `step` (torch -> onnx -> simplified onnx -> MNN variants) so a user sees where
+accuracy was lost. A row below its tier's thresholds fails the stage after every row is written.
+Each cell runs in a child process: a runtime that crashes fails that cell's rows, not the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stages import metrics
+from stages.config import Thresholds
+from stages.errors import PipelineError
+from stages.export_decoder import INPUTS, onnx_decoder
+from stages.isolate import run_isolated
+from stages.models import build_model, file_sha256
+from stages.preprocess import decoder_feeds, preprocess_image
+from stages.samples import PROMPTS, load_images, prompt
+
+log = logging.getLogger(__name__)
+SEP = "::"
+
+
+@dataclass
+class ParityCell:
+    artifact: str  # onnx | onnx-sim | mnn-<variant>
+    runtime: str  # a key of stages.runtimes.RUNTIMES
+    precision: str
+    variant: str
+    tier: str
+    step: int
+    encoder: Path
+    decoder: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.artifact}@{self.precision}"
+
+
+def parity_cells(ctx) -> list[ParityCell]:
+    pcfg = ctx.cfg.parity
+    paths: dict[str, dict[str, Path]] = {}
+    for c in ctx.cells:
+        raw, sim, mnn = c.deps
+        comp, variant = c.values["component"], c.values["variant"]
+        paths.setdefault("onnx", {})[comp] = raw
+        paths.setdefault("onnx-sim", {})[comp] = sim
+        paths.setdefault(f"mnn-{variant}", {})[comp] = mnn
+    cells = [ParityCell("onnx", "onnxruntime", "fp32", "fp32", pcfg.tier("fp32", "fp32"), 1, **paths["onnx"]),
+             ParityCell("onnx-sim", "onnxruntime", "fp32", "fp32", pcfg.tier("fp32", "fp32"), 2, **paths["onnx-sim"])]
+    step = 3
+    for variant in ctx.cfg.convert.variants:
+        for precision in pcfg.mnn_precisions.get(variant, ["normal"]):
+            cells.append(ParityCell(f"mnn-{variant}", "mnn", precision, variant, pcfg.tier(variant, precision), step,
+                                    **paths[f"mnn-{variant}"]))
+            step += 1
+    return cells
+
+
+@dataclass
+class Reference:
+    images: list[tuple[str, np.ndarray]]
+    encoder_feeds: dict[str, dict[str, np.ndarray]]  # image -> {"image": ...}
+    embeddings: dict[str, np.ndarray]  # image -> torch embeddings
+    decoder_feeds: dict[str, dict[str, np.ndarray]]  # image::prompt -> feeds with torch embeddings
+    decoder_out: dict[str, dict[str, np.ndarray]]  # image::prompt -> torch outputs
+
+
+def torch_reference(ctx, images: list[tuple[str, np.ndarray]]) -> Reference:
+    model, _ = build_model(ctx.cfg, ctx.root)
+    decoder = onnx_decoder(model, ctx.cfg.export.multimask_output)
+    ref = Reference(images, {}, {}, {}, {})
+    torch.set_num_threads(ctx.cfg.parity.threads)
+    with torch.no_grad():
+        for name, img in tqdm(images, desc="parity: PyTorch reference", unit="image"):
+            x = preprocess_image(img)
+            ref.encoder_feeds[name] = {"image": x}
+            emb = model.image_encoder(torch.from_numpy(x)).numpy()
+            ref.embeddings[name] = emb
+            for p in PROMPTS:
+                feeds = _prompt_feeds(emb, name, img, p, ref)
+                out = decoder(*(torch.from_numpy(feeds[k]) for k in INPUTS))
+                ref.decoder_feeds[f"{name}{SEP}{p}"] = feeds
+                ref.decoder_out[f"{name}{SEP}{p}"] = dict(zip(["masks", "iou_predictions", "low_res_masks"],
+                                                              (o.numpy() for o in out), strict=True))
+    return ref
+
+
+def _prompt_feeds(emb: np.ndarray, name: str, img: np.ndarray, p: str, ref: Reference) -> dict[str, np.ndarray]:
+    spec = prompt(p, img.shape[:2])
+    mask = None
+    if p == "mask_feedback":  # the previous prediction's best low-res mask, as an interactive tool feeds it back
+        prev = ref.decoder_out[f"{name}{SEP}one_point"]
+        best = int(np.argmax(prev["iou_predictions"][0]))
+        mask = prev["low_res_masks"][:, best : best + 1]
+    return decoder_feeds(emb, spec["points"], spec["labels"], img.shape[:2], box=spec["box"], mask_input=mask)
+
+
+def _save_cases(path: Path, cases: dict[str, dict[str, np.ndarray]]) -> Path:
+    np.savez(path, **{f"{case}{SEP}{k}": v for case, feeds in cases.items() for k, v in feeds.items()})
+    return path
+
+
+def _load_cases(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    data = np.load(path)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key in data.files:
+        case, name = key.rsplit(SEP, 1)
+        out.setdefault(case, {})[name] = data[key]
+    return out
+
+
+def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path) -> dict[str, dict[str, np.ndarray]]:
+    feeds = _save_cases(tmp / f"{component}-feeds.npz", cases)
+    out = tmp / f"{component}-out.npz"
+    res = run_isolated("infer", {"runtime": cell.runtime, "model": str(getattr(cell, component)),
+                                 "threads": ctx.cfg.parity.threads, "precision": cell.precision,
+                                 "feeds": str(feeds), "out": str(out)},
+                       ctx.build / "logs" / f"parity-{cell.key}-{component}.log", ctx.cfg.parity.timeout_s)
+    if not res.ok:
+        raise PipelineError(res.why)
+    return _load_cases(out)
+
+
+def evaluate_cell(ctx, cell: ParityCell, ref: Reference) -> list[dict]:
+    """Run one cell (encoder, decoder on torch embeddings, own encoder -> own decoder) and score it."""
+    th = ctx.cfg.parity.thresholds[cell.tier]
+    with tempfile.TemporaryDirectory(prefix="parity-") as d:
+        tmp = Path(d)
+        enc = _infer(ctx, cell, "encoder", ref.encoder_feeds, tmp)
+        cases = {f"dec{SEP}{k}": v for k, v in ref.decoder_feeds.items()}
+        for key, feeds in ref.decoder_feeds.items():
+            own = enc[key.split(SEP)[0]]["image_embeddings"]
+            cases[f"e2e{SEP}{key}"] = {**feeds, "image_embeddings": own.astype(np.float32)}
+        dec = _infer(ctx, cell, "decoder", cases, tmp)
+    enc_m = {img: metrics.tensor_metrics(enc[img]["image_embeddings"], ref.embeddings[img]) for img in ref.embeddings}
+    rows = [_encoder_row(enc_m, th)]
+    for kind in ("dec", "e2e"):
+        per_case = {}
+        for key, want in ref.decoder_out.items():
+            got = dec[f"{kind}{SEP}{key}"]
+            per_case[key] = {
+                "mask_iou": metrics.mask_iou(got["masks"], want["masks"]),
+                "logits_within_tol": metrics.within_tol(got["masks"], want["masks"], th.logit_rtol),
+                "iou_pred_abs": float(np.abs(got["iou_predictions"].astype(np.float64) - want["iou_predictions"]).max())
+                if metrics.finite(got["iou_predictions"]) else np.nan,
+                "max_abs": metrics.tensor_metrics(got["masks"], want["masks"])["max_abs"],
+            }
+        rows.append(_decoder_row(per_case, th, e2e=kind == "e2e"))
+    return rows
+
+
+def _worst_case(per: dict[str, dict[str, float]], metric: str, lower_is_worse: bool) -> str:
+    vals = {k: v[metric] for k, v in per.items()}
+    nan = [k for k, v in vals.items() if np.isnan(v)]
+    if nan:
+        return nan[0]
+    return (min if lower_is_worse else max)(vals, key=vals.get)
+
+
+def _check(row: dict, checks: list[tuple[str, str, float]]) -> dict:
+    failed = []
+    for metric, op, limit in checks:
+        value = row[metric]
+        ok = value >= limit if op == ">=" else value <= limit
+        if not ok:  # NaN fails every comparison
+            failed.append(f"{metric} {'non-finite' if np.isnan(value) else f'{value:.6g}'} (need {op} {limit:g})")
+    row["pass"] = not failed
+    row["failed_checks"] = "; ".join(failed)
+    return row
+
+
+def _encoder_row(per: dict[str, dict[str, float]], th: Thresholds) -> dict:
+    row = {"component": "encoder", "n_cases": len(per),
+           "max_abs": metrics.worst([m["max_abs"] for m in per.values()], lower_is_worse=False),
+           "mean_abs": float(np.mean([m["mean_abs"] for m in per.values()])),
+           "cosine": metrics.worst([m["cosine"] for m in per.values()]),
+           "rel_l2": metrics.worst([m["rel_l2"] for m in per.values()], lower_is_worse=False),
+           "worst_case": _worst_case(per, "cosine", True)}
+    return _check(row, [("cosine", ">=", th.cosine), ("rel_l2", "<=", th.rel_l2)])
+
+
+def _decoder_row(per: dict[str, dict[str, float]], th: Thresholds, e2e: bool) -> dict:
+    row = {"component": "e2e" if e2e else "decoder", "n_cases": len(per),
+           "max_abs": metrics.worst([m["max_abs"] for m in per.values()], lower_is_worse=False),
+           "mask_iou": metrics.worst([m["mask_iou"] for m in per.values()]),
+           "mean_mask_iou": float(np.mean([m["mask_iou"] for m in per.values()])),
+           "logits_within_tol": metrics.worst([m["logits_within_tol"] for m in per.values()]),
+           "iou_pred_abs": metrics.worst([m["iou_pred_abs"] for m in per.values()], lower_is_worse=False),
+           "worst_case": _worst_case(per, "mask_iou", True)}
+    if e2e:
+        return _check(row, [("mask_iou", ">=", th.e2e_mask_iou)])
+    return _check(row, [("mask_iou", ">=", th.mask_iou), ("logits_within_tol", ">=", th.logits_within_tol),
+                        ("iou_pred_abs", "<=", th.iou_pred_abs)])
+
+
+def failure_table(rows: list[dict]) -> str:
+    bad = [r for r in rows if not r.get("pass", False)]
+    lines = [f"{'cell':<24} {'tier':<16} {'component':<9} failed checks"]
+    for r in bad:
+        why = r["failed_checks"] or r["status"]
+        lines.append(f"{r['artifact'] + '@' + r['precision']:<24} {r['tier']:<16} {r['component']:<9} {why}")
+    return "\n".join(lines)
+
+
+def run(ctx) -> list[dict]:
+    pcfg = ctx.cfg.parity
+    images = load_images(pcfg.images, ctx.root)
+    cells = parity_cells(ctx)
+    log.info("parity: %d cells x %d images x %d prompts", len(cells), len(images), len(PROMPTS))
+    ref = torch_reference(ctx, images)
+    rows = []
+    for cell in tqdm(cells, desc="parity", unit="cell"):
+        base = {"cell": cell.key, "step": cell.step, "artifact": cell.artifact, "runtime": cell.runtime,
+                "precision": cell.precision, "variant": cell.variant, "tier": cell.tier,
+                "threads": pcfg.threads, "images": len(images)}
+        missing = [p for p in (cell.encoder, cell.decoder) if not p.exists()]
+        if missing:
+            status, results = f"skipped: {ctx.rel(missing[0])} missing", []
+        else:
+            try:
+                results, status = evaluate_cell(ctx, cell, ref), "ok"
+            except PipelineError as e:
+                status, results = f"failed: {e}", []
+                log.error("parity %s failed: %s", cell.key, e)
+        if not results:
+            results = [{"component": c, "pass": False, "failed_checks": ""} for c in ("encoder", "decoder", "e2e")]
+        for r in results:
+            path = cell.encoder if r["component"] == "encoder" else cell.decoder
+            sha = file_sha256(path)[:16] if path.exists() else ""
+            rows.append({**base, **r, "artifact_path": ctx.rel(path), "artifact_sha256": sha, "status": status})
+    th_cols = {f"th_{k}": v for k, v in vars(pcfg.thresholds["fp32"]).items() if k != "why"}
+    for r in rows:
+        th = vars(pcfg.thresholds[r["tier"]])
+        r.update({k: th[k[3:]] for k in th_cols})
+    if any(not r["pass"] for r in rows):
+        log.error("parity: %d of %d rows below threshold or not run:\n%s",
+                  sum(not r["pass"] for r in rows), len(rows), failure_table(rows))
+    return rows
