@@ -1,15 +1,23 @@
 # Thin targets over the runner (python -m stages). The first target that needs it builds .venv.
 MODEL ?= vit_t
+SWEEP ?=
+SWEEP_ARG := $(if $(SWEEP),--sweep $(SWEEP),)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 RUN := $(PY) -m stages
 
-.PHONY: install all test lint status clean clean-all help
+.PHONY: install all bench parity report segment regress baseline compare test lint status clean clean-all help
 
 help:
 	@echo "make all MODEL=vit_t    build .venv if needed, then run every stage for MODEL (cached stages are skipped)"
 	@echo "make test               build .venv if needed, then run the test suite"
+	@echo "make bench MODEL=... [SWEEP=quick]   latency sweep (and what it needs) + summary report"
+	@echo "make parity MODEL=...   parity of every artifact against PyTorch"
+	@echo "make segment MODEL=vit_t IMAGE=x.jpg POINTS=\"500,375\"   MNN-only segmentation: mask PNG + overlay JPEG"
+	@echo "make regress MODEL=...  quick-sweep run compared to reports/baselines/MODEL; exits 1 on a regression"
+	@echo "make baseline MODEL=... refresh reports/baselines/MODEL on purpose (then commit it)"
+	@echo "make compare A=dir B=dir   two runs, machines or backends side by side"
 	@echo "make status MODEL=...   which stages are up to date"
 	@echo "make clean MODEL=...    remove build/MODEL and reports/MODEL"
 
@@ -22,7 +30,31 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 all: install
-	$(RUN) run --model $(MODEL)
+	$(RUN) run --model $(MODEL) $(SWEEP_ARG)
+
+parity: install
+	$(RUN) run --model $(MODEL) parity
+
+bench: install
+	$(RUN) run --model $(MODEL) $(SWEEP_ARG) bench report
+
+regress: install
+	$(RUN) regress --model $(MODEL) $(SWEEP_ARG)
+
+baseline: install
+	$(RUN) baseline --model $(MODEL) $(SWEEP_ARG)
+
+# make compare A=reports/baselines/vit_t B=reports/vit_t   (or A=reports/vit_t::runtime=mnn B=reports/vit_t::runtime=onnxruntime)
+compare: install
+	$(RUN) compare "$(A)" "$(B)"
+
+# make segment MODEL=vit_t IMAGE=photo.jpg POINTS="500,375" [LABELS=1] [BOX=x0,y0,x1,y1] [VARIANT=fp32]
+segment: install
+	$(RUN) segment --model $(MODEL) --image "$(IMAGE)" $(if $(POINTS),--points "$(POINTS)",) \
+		$(if $(LABELS),--labels "$(LABELS)",) $(if $(BOX),--box "$(BOX)",) $(if $(VARIANT),--variant $(VARIANT),)
+
+report: install
+	$(RUN) run --model $(MODEL) $(SWEEP_ARG) report
 
 lint: install
 	$(PY) -m ruff check stages tests

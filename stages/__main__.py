@@ -25,6 +25,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", type=Path, default=ROOT, help="folder for build/ and reports/ (and relative checkpoint paths)")
     p.add_argument("--pipeline", type=Path, default=None, help="pipeline file (default: the repository's pipeline.yaml)")
     p.add_argument("--require-checkpoint", action="store_true", help="fail when the checkpoint is missing")
+    p.add_argument("--sweep", default=None, help="latency sweep under configs/sweeps/ (default: the model's bench.sweep)")
 
 
 def _load(args):
@@ -33,6 +34,11 @@ def _load(args):
     cfg = load_model_config(args.model)
     if args.require_checkpoint:
         cfg.require_checkpoint = True
+    if args.sweep:
+        from stages.config import load_sweep
+
+        load_sweep(args.sweep)  # a bad name fails here, naming the known sweeps
+        cfg.bench.sweep = args.sweep
     return cfg
 
 
@@ -80,6 +86,93 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _gate_run(args):
+    """The pipeline as the regression gate runs it: every stage, with the quick sweep unless told otherwise."""
+    from stages.pipeline import run_pipeline, summary_table
+
+    args.sweep = args.sweep or "quick"
+    cfg = _load(args)
+    results = run_pipeline(cfg, args.root.resolve(), args.pipeline)
+    print("\n" + summary_table(results))
+    return cfg, [r for r in results if r.status in ("failed", "skipped")]
+
+
+def cmd_regress(args) -> int:
+    from stages.compare import (
+        BAD,
+        compare_runs,
+        load_regress_config,
+        load_run,
+        regression_table,
+        write_comparison,
+    )
+
+    cfg, failed = _gate_run(args)
+    root = args.root.resolve()
+    baseline = args.baseline or root / "reports" / "baselines" / cfg.name
+    if not baseline.is_dir():
+        raise PipelineError(f"no baseline at {baseline}: run `make baseline MODEL={cfg.name}` and commit it")
+    df = compare_runs(load_run(str(baseline)), load_run(str(root / "reports" / cfg.name)), load_regress_config())
+    csv, md = write_comparison(df, root / "reports" / cfg.name / "regress", f"{cfg.name}: now vs {baseline}")
+    bad = df[df["verdict"].isin(BAD)]
+    print(f"\nregression gate: {len(df)} comparisons against {baseline}; {len(bad)} regressions; "
+          f"{(df['verdict'] == 'better').sum()} improvements ({md})")
+    if len(bad):
+        print(regression_table(df))
+    if failed:
+        print(f"stages that did not finish: {', '.join(r.stage for r in failed)}")
+    return 1 if len(bad) or failed else 0
+
+
+def cmd_baseline(args) -> int:
+    import shutil
+
+    from stages.compare import compare_runs, load_regress_config, load_run, markdown
+
+    cfg, failed = _gate_run(args)
+    if failed:
+        raise PipelineError(f"not refreshing the baseline: {', '.join(r.stage for r in failed)} did not finish")
+    root = args.root.resolve()
+    now, dest = root / "reports" / cfg.name, root / "reports" / "baselines" / cfg.name
+    if dest.is_dir():
+        df = compare_runs(load_run(str(dest)), load_run(str(now)), load_regress_config())
+        changed = df[df["verdict"] != "same"]
+        print(markdown(changed, f"{cfg.name}: what the new baseline changes") if len(changed) else "baseline unchanged")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("parity.csv", "latency.csv"):
+        shutil.copy2(now / name, dest / name)
+    print(f"baseline written to {dest}: commit it")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from stages.compare import BAD, compare_runs, load_regress_config, load_run, markdown, write_comparison
+
+    df = compare_runs(load_run(args.a), load_run(args.b), load_regress_config())
+    csv, md = write_comparison(df, args.out, f"{args.a} (a) vs {args.b} (b)")
+    print(markdown(df, f"{args.a} (a) vs {args.b} (b)"))
+    print(f"written: {md}, {csv}")
+    return 1 if args.fail_on_regression and df["verdict"].isin(BAD).any() else 0
+
+
+def cmd_segment(args) -> int:
+    """MNN only: no torch, onnx or onnxruntime is imported on this path."""
+    from stages.segment import parse_floats, parse_points, segment_file
+
+    mnn = args.root.resolve() / "build" / args.model / "mnn"
+    encoder = args.encoder or mnn / f"encoder.{args.variant}.mnn"
+    decoder = args.decoder or mnn / f"decoder.{args.variant}.mnn"
+    points = parse_points(args.points)
+    labels = parse_floats(args.labels, "labels")
+    box = parse_floats(args.box, "box")
+    res = segment_file(args.image, args.out, encoder, decoder, points, labels, box, args.threads, args.precision)
+    t = res["timings_ms"]
+    print(f"mask     {res['mask']}  ({100 * res['mask_fraction']:.1f}% of the image, predicted IoU "
+          f"{res['iou_prediction']:.3f})\noverlay  {res['overlay']}")
+    print("time ms  " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -93,6 +186,33 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("status", help="which stages are up to date and why the others would run")
     _model_args(p)
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("regress", help="run with the quick sweep and compare to reports/baselines/MODEL")
+    _model_args(p)
+    p.add_argument("--baseline", type=Path, help="baseline folder (default reports/baselines/MODEL)")
+    p.set_defaults(func=cmd_regress)
+    p = sub.add_parser("baseline", help="run with the quick sweep and make it the new committed baseline")
+    _model_args(p)
+    p.set_defaults(func=cmd_baseline)
+    p = sub.add_parser("compare", help="two runs, machines or backends side by side (a = before, b = after)")
+    p.add_argument("a", help="a run folder, e.g. reports/baselines/vit_t, optionally ::runtime=mnn,...")
+    p.add_argument("b", help="the other run folder, e.g. reports/vit_t")
+    p.add_argument("--out", type=Path, default=ROOT / "reports" / "compare", help="writes OUT.md and OUT.csv")
+    p.add_argument("--fail-on-regression", action="store_true")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("segment", help="segment an image with the MNN models alone (image + prompt in, mask out)")
+    p.add_argument("--model", default="vit_t", help="use build/MODEL/mnn/{encoder,decoder}.VARIANT.mnn")
+    p.add_argument("--root", type=Path, default=ROOT)
+    p.add_argument("--variant", default="fp32", help="MNN variant (default fp32)")
+    p.add_argument("--encoder", type=Path, help="MNN encoder file (overrides --model/--variant)")
+    p.add_argument("--decoder", type=Path, help="MNN decoder file (overrides --model/--variant)")
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--points", help='x,y pairs in image pixels, ";"-separated: "500,375;620,400"')
+    p.add_argument("--labels", help='one per point, 1 foreground / 0 background: "1,0" (default all 1)')
+    p.add_argument("--box", help='x0,y0,x1,y1 in image pixels')
+    p.add_argument("--out", type=Path, default=ROOT / "reports" / "segment")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="normal", help="MNN precision: normal, high, low, Low_BF16")
+    p.set_defaults(func=cmd_segment)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:

@@ -90,3 +90,16 @@ def write_csv(path: Path, rows: list[dict], first: list[str] | None = None) -> N
     df = pd.DataFrame(rows, columns=cols)
     with atomic_output(path) as tmp:
         df.to_csv(tmp, index=False)
+
+
+def artifact_paths(cells) -> dict[str, dict[str, Path]]:
+    """{artifact: {component: path}} from the cells of a stage whose deps are, per (component, variant):
+    raw ONNX, simplified ONNX, MNN variant (parity and bench declare them so in pipeline.yaml)."""
+    paths: dict[str, dict[str, Path]] = {}
+    for c in cells:
+        raw, sim, mnn = c.deps[:3]
+        comp, variant = c.values["component"], c.values["variant"]
+        paths.setdefault("onnx", {})[comp] = raw
+        paths.setdefault("onnx-sim", {})[comp] = sim
+        paths.setdefault(f"mnn-{variant}", {})[comp] = mnn
+    return paths

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from stages.errors import ConfigError
+from stages.timing import StopRule
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -117,6 +118,12 @@ class ParityConfig:
 
 
 @dataclass
+class BenchConfig:
+    sweep: str = "default"  # configs/sweeps/<sweep>.yaml, or a path to one
+    image: str = "astronaut"  # the photo timed (bundled name or file)
+
+
+@dataclass
 class ModelConfig:
     name: str
     # family.arch: mobile_sam.vit_t, segment_anything.vit_b, ... or tiny.vit_t / tiny.vit_b for tests
@@ -128,6 +135,7 @@ class ModelConfig:
     simplify: SimplifyConfig = field(default_factory=SimplifyConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     # where it was loaded from (not a YAML key)
     source: Path | None = field(default=None, compare=False)
@@ -306,3 +314,89 @@ def get_param(cfg: ModelConfig, dotted: str) -> Any:
     if dataclasses.is_dataclass(obj):
         return {k: v for k, v in dataclasses.asdict(obj).items() if k not in _NOT_YAML_KEYS}
     return obj
+
+
+# ---------------------------------------------------------------- sweeps (configs/sweeps/*.yaml)
+
+
+@dataclass
+class DecoderWorkload:
+    points: list[int] = field(default_factory=lambda: [1, 5])
+    out_sizes: list[list[int]] = field(default_factory=lambda: [[1200, 1800]])  # orig_im_size (h, w)
+
+    def __post_init__(self) -> None:
+        if not self.points or any(p < 1 for p in self.points):
+            raise ValueError(f"decoder.points must be counts >= 1, got {self.points}")
+        if not self.out_sizes or any(len(s) != 2 or min(s) < 1 for s in self.out_sizes):
+            raise ValueError(f"decoder.out_sizes must be [height, width] pairs, got {self.out_sizes}")
+
+
+@dataclass
+class RuntimeSweep:
+    backends: list[str]
+    variants: list[str]  # torch: fp32; onnxruntime: onnx, onnx-sim; mnn: convert variants
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+
+
+@dataclass
+class RooflineConfig:
+    matmul_n: int = 2048
+    min_seconds: float = 1.0
+
+
+@dataclass
+class SweepConfig:
+    components: list[str] = field(default_factory=lambda: ["encoder", "decoder", "e2e"])
+    decoder: DecoderWorkload = field(default_factory=DecoderWorkload)
+    e2e_points: int = 1
+    runtimes: dict[str, RuntimeSweep] = field(default_factory=dict)
+    threads: list[int] | str = "auto"  # a list, or "auto": 1, 2, 4, ... up to the machine's cores
+    timing: StopRule = field(default_factory=StopRule)
+    roofline: RooflineConfig = field(default_factory=RooflineConfig)
+    timeout_s: int = 900  # one child process (one runtime, variant, precision, threads, component)
+
+    source: Path | None = field(default=None, compare=False)
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from stages.runtimes import RUNTIMES
+
+        for c in self.components:
+            _check_choice("components", c, ("encoder", "decoder", "e2e"))
+        for name, rs in self.runtimes.items():
+            _check_choice("runtimes", name, tuple(RUNTIMES))
+            RUNTIMES[name].check_sweep(rs.backends, rs.precisions)
+        if isinstance(self.threads, str):
+            _check_choice("threads", self.threads, ("auto",))
+        elif not self.threads or any(t < 1 for t in self.threads):
+            raise ValueError(f"threads: each thread count must be >= 1, got {self.threads}")
+
+    def thread_counts(self) -> list[int]:
+        if isinstance(self.threads, list):
+            return list(self.threads)
+        import os
+
+        cores = os.cpu_count() or 1
+        out, t = [], 1
+        while t < cores:
+            out.append(t)
+            t *= 2
+        return out + [cores]
+
+
+def sweep_path(name: str, config_dir: Path = CONFIG_DIR) -> Path:
+    """A sweep name under configs/sweeps/, or a path to a sweep YAML."""
+    if Path(name).suffix in (".yaml", ".yml"):
+        return Path(name) if Path(name).is_absolute() else config_dir.parent / name  # relative to the repository
+    return config_dir / "sweeps" / f"{name}.yaml"
+
+
+def load_sweep(name: str, config_dir: Path = CONFIG_DIR) -> SweepConfig:
+    path = sweep_path(name, config_dir)
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in (config_dir / "sweeps").glob("*.yaml")))
+        raise ConfigError(f"unknown sweep {name!r}: no {path}. Known sweeps: {known}.")
+    data = read_yaml(path)
+    sweep = load_typed(SweepConfig, data, path)
+    sweep.source, sweep.raw = path, data
+    return sweep

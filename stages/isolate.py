@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stages import worker  # noqa: F401  the child's code: imported so stages that run it hash it too
+
 log = logging.getLogger(__name__)
 
 

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from stages import metrics
+from stages.artifacts import artifact_paths
 from stages.config import Thresholds
 from stages.errors import PipelineError
 from stages.export_decoder import INPUTS, onnx_decoder
@@ -52,13 +53,7 @@ class ParityCell:
 
 def parity_cells(ctx) -> list[ParityCell]:
     pcfg = ctx.cfg.parity
-    paths: dict[str, dict[str, Path]] = {}
-    for c in ctx.cells:
-        raw, sim, mnn = c.deps
-        comp, variant = c.values["component"], c.values["variant"]
-        paths.setdefault("onnx", {})[comp] = raw
-        paths.setdefault("onnx-sim", {})[comp] = sim
-        paths.setdefault(f"mnn-{variant}", {})[comp] = mnn
+    paths = artifact_paths(ctx.cells)
     cells = [ParityCell("onnx", "onnxruntime", "fp32", "fp32", pcfg.tier("fp32", "fp32"), 1, **paths["onnx"]),
              ParityCell("onnx-sim", "onnxruntime", "fp32", "fp32", pcfg.tier("fp32", "fp32"), 2, **paths["onnx-sim"])]
     step = 3

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from stages import artifacts
-from stages.config import ModelConfig, get_param, read_yaml
+from stages.config import ModelConfig, get_param, read_yaml, sweep_path
 from stages.errors import ConfigError, PipelineError
 from stages.models import file_sha256, weights_tag
 
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-STAGE_KEYS = {"module", "params", "deps", "outs", "matrix", "desc"}
+STAGE_KEYS = {"module", "params", "deps", "outs", "matrix", "desc", "report"}
 
 
 @dataclass
@@ -56,6 +56,7 @@ class Stage:
     params: list[str]
     cells: list[Cell]
     desc: str = ""
+    report: Path = Path()  # reports/<model>/<stage>.csv, or the name given by `report:`
 
     @property
     def deps(self) -> list[Path]:
@@ -64,6 +65,11 @@ class Stage:
     @property
     def outs(self) -> list[Path]:
         return _unique(p for c in self.cells for p in c.outs)
+
+    @property
+    def all_outs(self) -> list[Path]:
+        """Outputs and the stage's CSV, which later stages may read too."""
+        return [*self.outs, self.report]
 
 
 @dataclass
@@ -111,7 +117,8 @@ def load_pipeline(path: Path, cfg: ModelConfig, root: Path) -> list[Stage]:
     data = read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
         raise ConfigError(f"{path}: expected a top-level 'stages:' mapping of stage name to its definition")
-    variables = {"build": str(build_dir(root, cfg)), "reports": str(reports_dir(root, cfg)), "model": cfg.name}
+    variables = {"build": str(build_dir(root, cfg)), "reports": str(reports_dir(root, cfg)), "model": cfg.name,
+                 "sweep_file": str(sweep_path(cfg.bench.sweep))}
     stages = []
     for name, spec in data["stages"].items():
         where = f"{path}: stage {name!r}"
@@ -139,7 +146,8 @@ def load_pipeline(path: Path, cfg: ModelConfig, root: Path) -> list[Stage]:
             deps = [_expand(d, variables, values, root, where) for d in spec.get("deps", [])]
             outs = [_expand(o, variables, values, root, where) for o in spec.get("outs", [])]
             cells.append(Cell(values, deps, outs))
-        stages.append(Stage(name, spec["module"], list(spec.get("params", [])), cells, spec.get("desc", "")))
+        stages.append(Stage(name, spec["module"], list(spec.get("params", [])), cells, spec.get("desc", ""),
+                            reports_dir(root, cfg) / spec.get("report", f"{name}.csv")))
     _check_graph(stages, path)
     return stages
 
@@ -176,7 +184,7 @@ def _matrix(spec: Any, cfg: ModelConfig, where: str) -> dict[str, list[str]]:
 def _check_graph(stages: list[Stage], path: Path) -> None:
     makers: dict[Path, str] = {}
     for s in stages:
-        for o in s.outs:
+        for o in s.all_outs:
             if o in makers:
                 raise ConfigError(f"{path}: {o} is an output of both {makers[o]!r} and {s.name!r}")
             makers[o] = s.name
@@ -200,7 +208,7 @@ def reports_dir(root: Path, cfg: ModelConfig) -> Path:
 
 def report_path(ctx_or_root, cfg: ModelConfig | None = None, stage: str | None = None) -> Path:
     if isinstance(ctx_or_root, StageContext):
-        return ctx_or_root.reports / f"{ctx_or_root.stage.name}.csv"
+        return ctx_or_root.stage.report
     return reports_dir(ctx_or_root, cfg) / f"{stage}.csv"
 
 
@@ -274,7 +282,7 @@ def stage_state(stage: Stage, ctx: StageContext, lock: Lock, report: Path) -> di
         "params": params,
         "code": _digest(code),
         "deps": {str(d): lock.file_hash(d) for d in stage.deps if d.exists()},
-        "outs": sorted(str(o) for o in stage.outs + [report]),
+        "outs": sorted({str(o) for o in stage.outs + [report]}),
     }
 
 
@@ -355,7 +363,7 @@ def _select(stages: list[Stage], targets: list[str] | None, single: bool, path: 
             raise PipelineError(f"unknown stage {t!r} in {path}; stages: {', '.join(by_name)}")
     if single:
         return [s for s in stages if s.name in targets]
-    makers = {o: s.name for s in stages for o in s.outs}
+    makers = {o: s.name for s in stages for o in s.all_outs}
     want = set(targets)
     for s in reversed(stages):
         if s.name in want:
@@ -378,7 +386,7 @@ def run_pipeline(
     pipeline_file = pipeline_file or PACKAGE_DIR.parent / "pipeline.yaml"
     all_stages = load_pipeline(pipeline_file, cfg, root)
     stages = _select(all_stages, targets, single, pipeline_file)
-    makers = {o: s.name for s in all_stages for o in s.outs}
+    makers = {o: s.name for s in all_stages for o in s.all_outs}
     build, reports = build_dir(root, cfg), reports_dir(root, cfg)
     results: list[StageResult] = []
     with run_lock(build):
@@ -390,7 +398,8 @@ def run_pipeline(
             ctx = StageContext(stage, cfg, root, build, reports, weights, dict(options or {}))
             report = report_path(ctx)
             upstream_failed = sorted({makers[d] for d in stage.deps if d in makers and makers[d] in failed})
-            if upstream_failed:
+            # a failed stage leaves either fresh outputs or none: run on what it made if all of it is there
+            if upstream_failed and any(not d.exists() for d in stage.deps):
                 failed.add(stage.name)
                 results.append(StageResult(stage.name, "skipped", detail=f"upstream failed: {', '.join(upstream_failed)}"))
                 log.error("[%s] skipped: upstream stage %s failed", stage.name, ", ".join(upstream_failed))

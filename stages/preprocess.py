@@ -23,6 +23,27 @@ def resized_shape(h: int, w: int, target: int = IMAGE_SIZE) -> tuple[int, int]:
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
+def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of PIL's bilinear resampling: a triangle filter widened by the downscale factor
+    (so shrinking averages, i.e. antialiases), rows normalized."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centers = (np.arange(n_out) + 0.5) * scale
+    x = np.arange(n_in)[None, :] + 0.5 - centers[:, None]
+    w = np.clip(1.0 - np.abs(x) / support, 0.0, None)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def numpy_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """PIL's Image.resize(BILINEAR) in numpy: horizontal pass, round to uint8, vertical pass, round.
+    Lets the MNN-only runtime preprocess exactly as SamPredictor does, without PIL or torch."""
+    h, w = size
+    x = image.astype(np.float32).transpose(2, 0, 1)  # c, h, w: matmuls below run on BLAS
+    x = np.clip(np.rint(x @ _resample_matrix(image.shape[1], w).T.astype(np.float32)), 0, 255)
+    x = np.clip(np.rint(_resample_matrix(image.shape[0], h).astype(np.float32) @ x), 0, 255)
+    return x.transpose(1, 2, 0).astype(np.uint8)
+
+
 def pil_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 

@@ -1,6 +1,8 @@
-"""One small interface to run a model file: load once, run(feeds) -> outputs. One class per runtime.
+"""One small interface to run a model: load once, run(feeds) -> outputs. One class per runtime.
 
-Parity and bench use these through RUNTIMES and never branch on a runtime's name.
+Parity and bench reach these through RUNTIMES and never branch on a runtime's name. Each class also
+says which backends and precisions it knows (to reject a sweep with a typo) and whether a backend is
+really there (to turn a missing one into a skipped row, not a silent CPU run).
 """
 
 from __future__ import annotations
@@ -10,16 +12,21 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.errors import PipelineError
+from stages.errors import ConfigError, PipelineError
 
 MNN_PRECISIONS = ("normal", "high", "low", "Low_BF16")
 MNN_BACKENDS = {"CPU": 0, "Metal": 1, "CUDA": 2, "OpenCL": 3, "OpenGL": 6, "Vulkan": 7}
+ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
+                 "OpenVINOExecutionProvider", "DnnlExecutionProvider", "CoreMLExecutionProvider",
+                 "XnnpackExecutionProvider", "ROCMExecutionProvider")
 
 
 class Runtime:
     """Base: a loaded model with named inputs and outputs."""
 
     name = "base"
+    backends: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ("fp32",)
     input_names: list[str]
     output_names: list[str]
 
@@ -30,16 +37,33 @@ class Runtime:
     def version(cls) -> str:
         raise NotImplementedError
 
+    @classmethod
+    def check_sweep(cls, backends: list[str], precisions: list[str]) -> None:
+        """Reject backends or precisions this runtime has never heard of (a typo in a sweep file)."""
+        for b in backends:
+            if b not in cls.backends:
+                raise ValueError(f"runtimes.{cls.name}.backends: {b!r} is not one of {', '.join(cls.backends)}")
+        for p in precisions:
+            if p not in cls.precisions:
+                raise ValueError(f"runtimes.{cls.name}.precisions: {p!r} is not one of {', '.join(cls.precisions)}")
+
+    @classmethod
+    def unavailable(cls, backend: str) -> str | None:
+        """None when `backend` can run here, else why not."""
+        return None
+
 
 class OrtRuntime(Runtime):
     name = "onnxruntime"
+    backends = ORT_PROVIDERS
 
-    def __init__(self, path: Path, threads: int = 1, precision: str = "fp32", backend: str = "CPUExecutionProvider"):
+    def __init__(self, path: Path, threads: int = 1, precision: str = "fp32",
+                 backend: str = "CPUExecutionProvider", **_):
         import onnxruntime as ort
 
-        if backend not in ort.get_available_providers():
-            raise PipelineError(f"onnxruntime execution provider {backend} is not installed "
-                                f"(available: {', '.join(ort.get_available_providers())})")
+        why = self.unavailable(backend)
+        if why:
+            raise PipelineError(why)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -59,12 +83,23 @@ class OrtRuntime(Runtime):
     def version(cls) -> str:
         return importlib.metadata.version("onnxruntime")
 
+    @classmethod
+    def unavailable(cls, backend: str) -> str | None:
+        import onnxruntime as ort
+
+        have = ort.get_available_providers()
+        if backend not in have:
+            return f"onnxruntime execution provider {backend} is not installed (installed: {', '.join(have)})"
+        return None
+
 
 class MnnRuntime(Runtime):
     name = "mnn"
+    backends = tuple(MNN_BACKENDS)
+    precisions = MNN_PRECISIONS
 
     def __init__(self, path: Path, threads: int = 1, precision: str = "normal", backend: str = "CPU",
-                 memory: str = "normal", power: str = "normal"):
+                 memory: str = "normal", power: str = "normal", **_):
         import MNN.expr as F
         import MNN.nn as nn
 
@@ -77,7 +112,10 @@ class MnnRuntime(Runtime):
             raise PipelineError(f"MNN model {path} does not exist")
         self._F = F
         config = {"backend": backend, "numThread": threads, "precision": precision, "memory": memory, "power": power}
-        self.runtime_manager = nn.create_runtime_manager((config,))
+        try:
+            self.runtime_manager = nn.create_runtime_manager((config,))
+        except Exception as e:  # e.g. "backend not support" for a GPU backend absent from this build
+            raise PipelineError(f"MNN backend {backend} is not available in this MNN build ({e.__cause__ or e})") from None
         try:
             self.module = nn.load_module_from_file(str(path), [], [], runtime_manager=self.runtime_manager)
         except Exception:  # MNN raises SystemError for a truncated or foreign file
@@ -104,5 +142,88 @@ class MnnRuntime(Runtime):
     def version(cls) -> str:
         return importlib.metadata.version("MNN")
 
+    @classmethod
+    def unavailable(cls, backend: str) -> str | None:
+        return _mnn_backend_probe(backend)
 
-RUNTIMES: dict[str, type[Runtime]] = {"onnxruntime": OrtRuntime, "mnn": MnnRuntime}
+
+class TorchRuntime(Runtime):
+    """PyTorch eager, the reference: `path` is the model config YAML; the model is built as the pipeline builds it."""
+
+    name = "torch"
+    backends = ("cpu", "cuda")
+
+    def __init__(self, path: Path, threads: int = 1, precision: str = "fp32", backend: str = "cpu",
+                 component: str = "encoder", root: str = ".", **_):
+        import torch
+
+        from stages.config import load_model_config
+        from stages.export_decoder import INPUTS, OUTPUTS, onnx_decoder
+        from stages.models import build_model
+
+        why = self.unavailable(backend)
+        if why:
+            raise PipelineError(why)
+        torch.set_num_threads(threads)
+        cfg = load_model_config(str(path))
+        model, _ = build_model(cfg, Path(root))
+        self.device = torch.device(backend)
+        if component == "encoder":
+            self.module = model.image_encoder.to(self.device)
+            self.input_names, self.output_names = ["image"], ["image_embeddings"]
+        else:
+            self.module = onnx_decoder(model, cfg.export.multimask_output).to(self.device)
+            self.input_names, self.output_names = list(INPUTS), list(OUTPUTS)
+        self._torch = torch
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        with torch.no_grad():
+            outs = self.module(*(torch.from_numpy(feeds[n]).to(self.device) for n in self.input_names))
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return {n: o.cpu().numpy() for n, o in zip(self.output_names, outs, strict=True)}
+
+    @classmethod
+    def version(cls) -> str:
+        return importlib.metadata.version("torch")
+
+    @classmethod
+    def unavailable(cls, backend: str) -> str | None:
+        import torch
+
+        if backend == "cuda" and not torch.cuda.is_available():
+            return "torch: no CUDA device on this machine"
+        return None
+
+
+_PROBED: dict[str, str | None] = {}
+
+
+def _mnn_backend_probe(backend: str) -> str | None:
+    """Ask a child process to open an MNN runtime on `backend`. MNN either raises or prints
+    "Can't Find type=N backend, use 0 instead" and silently runs on the CPU: both mean unavailable."""
+    if backend == "CPU":
+        return None
+    if backend not in _PROBED:
+        import tempfile
+
+        from stages.isolate import run_isolated
+
+        with tempfile.TemporaryDirectory() as d:
+            res = run_isolated("mnn_probe", {"backend": backend}, Path(d) / "probe.log", timeout_s=60)
+        if "Can't Find type=" in res.log_tail:
+            _PROBED[backend] = f"MNN backend {backend} is not in this MNN build (MNN falls back to the CPU)"
+        elif not res.ok:
+            _PROBED[backend] = f"MNN backend {backend} is not available: {res.why}"
+        else:
+            _PROBED[backend] = None
+    return _PROBED[backend]
+
+
+RUNTIMES: dict[str, type[Runtime]] = {"onnxruntime": OrtRuntime, "mnn": MnnRuntime, "torch": TorchRuntime}
+
+
+def runtime_class(name: str) -> type[Runtime]:
+    if name not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
+    return RUNTIMES[name]

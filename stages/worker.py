@@ -65,7 +65,85 @@ def infer(req: dict) -> dict:
     return {"load_seconds": load_seconds, "run_seconds": run_seconds, "cases": len(cases)}
 
 
-TASKS = {"mnnconvert": mnnconvert, "mnn_smoke": smoke_run, "infer": infer}
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries that over exec from
+    the forking parent, so a child would report the pipeline's own peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def mnn_probe(req: dict) -> dict:
+    import MNN.nn as nn
+
+    rm = nn.create_runtime_manager(({"backend": req["backend"], "numThread": 1},))
+    sys.stdout.flush()
+    return {"created": rm is not None}
+
+
+def bench(req: dict) -> dict:
+    """Time one cell's workloads: load the runtime(s), then the stop rule per workload. See stages/bench.py."""
+    import psutil
+
+    from stages.preprocess import decoder_feeds, preprocess_image
+    from stages.runtimes import RUNTIMES
+    from stages.timing import StopRule, measure, summarize
+
+    cls = RUNTIMES[req["runtime"]]
+    opts = {"threads": req["threads"], "precision": req["precision"], "backend": req["backend"],
+            "root": req.get("root", ".")}
+    data = dict(np.load(req["feeds"]))
+    rule = StopRule(**req["timing"])
+    t0 = time.perf_counter()
+    component = req["component"]
+    enc = cls(Path(req["encoder"]), component="encoder", **opts) if component in ("encoder", "e2e") else None
+    dec = cls(Path(req["decoder"]), component="decoder", **opts) if component in ("decoder", "e2e") else None
+    load_seconds = time.perf_counter() - t0
+    photo = data["photo"]
+    results = []
+    for w in req["workloads"]:
+        h, wd = w["out_size"]
+        pts = np.array([[wd * (0.3 + 0.4 * i / max(1, w["points"])), h * 0.5] for i in range(w["points"])], np.float32)
+        labels = np.ones(w["points"], np.float32)
+        if component == "encoder":
+            feeds = {"image": data["image"]}
+
+            def fn(feeds=feeds):
+                return enc.run(feeds)
+        elif component == "decoder":
+            feeds = decoder_feeds(data["embeddings"], pts, labels, (h, wd))
+
+            def fn(feeds=feeds):
+                return dec.run(feeds)
+        else:
+            def fn(pts=pts, labels=labels):
+                emb = enc.run({"image": preprocess_image(photo)})["image_embeddings"]
+                return dec.run(decoder_feeds(emb, pts, labels, photo.shape[:2]))
+        timing = measure(fn, rule)
+        results.append({**w, **summarize(timing.samples_s), "first_run_ms": timing.first_run_s * 1000,
+                        "valid": timing.valid})
+    return {"load_seconds": load_seconds, "workloads": results,
+            "peak_rss_mb": peak_rss_mb(),
+            "os_threads": psutil.Process().num_threads(), "runtime_version": cls.version()}
+
+
+def matmul_rate(req: dict) -> dict:
+    """Dense fp32 matmul GFLOP/s at a thread count: the roofline each cell is compared to."""
+    import torch
+
+    from stages.timing import StopRule, measure, summarize
+
+    torch.set_num_threads(req["threads"])
+    n = req["n"]
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    timing = measure(lambda: a @ b, StopRule(warmup=2, min_runs=5, min_seconds=req["min_seconds"], max_seconds=30))
+    p50 = summarize(timing.samples_s)["p50_ms"] / 1000
+    return {"gflops": 2 * n**3 / p50 / 1e9, "threads_seen": torch.get_num_threads()}
+
+
+TASKS = {"mnnconvert": mnnconvert, "mnn_smoke": smoke_run, "infer": infer, "mnn_probe": mnn_probe,
+         "bench": bench, "matmul_rate": matmul_rate}
 
 
 def main() -> None:
@@ -74,7 +152,8 @@ def main() -> None:
     try:
         result = TASKS[task](req)
     except Exception as e:  # reported through the result file; a native crash never gets here
-        result = {"error": f"{type(e).__name__}: {e}"}
+        cause = e.__cause__ if isinstance(e, SystemError) and e.__cause__ else e  # MNN wraps its errors
+        result = {"error": f"{type(cause).__name__}: {cause}"}
     Path(req["result_file"]).write_text(json.dumps(result))
 
 

@@ -12,6 +12,7 @@ from stages.config import load_model_config
 from stages.pipeline import run_pipeline
 
 HERE = Path(__file__).resolve().parent
+ROOT_DIR = HERE.parent
 TINY = HERE / "configs" / "tiny_vit_t.yaml"
 
 

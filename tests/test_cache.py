@@ -10,7 +10,7 @@ from stages.artifacts import partial_name
 from stages.config import load_model_config
 from stages.pipeline import run_pipeline
 
-ALL = ["export_encoder", "export_decoder", "simplify", "convert", "parity"]
+ALL = ["export_encoder", "export_decoder", "simplify", "convert", "parity", "bench", "report"]
 
 
 def _run(root, cfg_path, **kw):
@@ -33,7 +33,7 @@ def test_param_change_reruns_that_stage_and_downstream_only(fp32_only):
     write_config(cfg_path, base=cfg_path, **{"convert.timeout_s": 901})
     assert _run(root, cfg_path) == {**dict.fromkeys(ALL, "cached"), "convert": "ran"}
     write_config(cfg_path, base=cfg_path, **{"parity.thresholds.fp32.cosine": 0.999})
-    assert _run(root, cfg_path) == {**dict.fromkeys(ALL, "cached"), "parity": "ran"}
+    assert _run(root, cfg_path) == {**dict.fromkeys(ALL, "cached"), "parity": "ran", "report": "ran"}
 
 
 def test_opset_change_reruns_both_exports(fp32_only):

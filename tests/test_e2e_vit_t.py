@@ -15,10 +15,10 @@ from stages.samples import component_example
 
 @pytest.mark.e2e
 def test_vit_t_pipeline_end_to_end(tmp_path, capsys):
-    assert main(["run", "--model", "vit_t", "--root", str(tmp_path)]) == 0
+    assert main(["run", "--model", "vit_t", "--root", str(tmp_path), "--sweep", "quick"]) == 0
     out = capsys.readouterr().out
-    assert out.count(" ran ") == 5
-    stages = ("export_encoder", "export_decoder", "simplify", "convert", "parity")
+    stages = ("export_encoder", "export_decoder", "simplify", "convert", "parity", "bench", "report")
+    assert out.count(" ran ") == len(stages)
     for stage in stages:
         assert f"{stage}" in out
     reports = tmp_path / "reports" / "vit_t"
@@ -36,8 +36,13 @@ def test_vit_t_pipeline_end_to_end(tmp_path, capsys):
     cos = float((got * ref).sum() / (np.linalg.norm(got) * np.linalg.norm(ref)))
     assert cos > 0.9999
 
+    latency = pd.read_csv(reports / "latency.csv")
+    ok = latency[latency["status"] == "ok"]
+    assert {"torch", "onnxruntime", "mnn"} <= set(ok["runtime"]) and set(ok["component"]) == {"encoder", "decoder", "e2e"}
+    assert (reports / "summary.md").exists()
+
     t0 = time.perf_counter()
-    assert main(["run", "--model", "vit_t", "--root", str(tmp_path)]) == 0
+    assert main(["run", "--model", "vit_t", "--root", str(tmp_path), "--sweep", "quick"]) == 0
     assert time.perf_counter() - t0 < 15
     assert capsys.readouterr().out.count("cached") == len(stages)
     parity = pd.read_csv(reports / "parity.csv")

@@ -1,0 +1,157 @@
+"""Stage bench: latency over component x runtime x backend x variant x precision x threads.
+
+The grid comes from configs/sweeps/<sweep>.yaml. Every cell runs in its own child process, so a crash
+fails that cell's row and the sweep goes on, each runtime gets exactly the cell's thread count, and
+peak RSS is the cell's own. A backend that is not there (an execution provider not installed, an MNN
+GPU backend missing from the wheel, which MNN would silently replace by the CPU) is a skipped row.
+A dense fp32 matmul rate measured at each thread count is the roofline every row is compared to.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from stages.artifacts import artifact_paths
+from stages.config import load_sweep
+from stages.flops import decoder_flops, encoder_flops
+from stages.isolate import run_isolated
+from stages.models import file_sha256
+from stages.preprocess import preprocess_image
+from stages.runtimes import RUNTIMES, OrtRuntime
+from stages.samples import load_images
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchCell:
+    component: str
+    runtime: str
+    backend: str
+    artifact: str
+    variant: str
+    precision: str
+    threads: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.component}/{self.runtime}-{self.backend}/{self.artifact}@{self.precision}/t{self.threads}"
+
+
+def artifact_name(runtime: str, variant: str) -> str:
+    """Sweep variant -> artifact name shared with parity.csv (torch is the PyTorch model itself)."""
+    return {"torch": "torch", "onnxruntime": variant}.get(runtime, f"{runtime}-{variant}")
+
+
+def grid(sweep) -> list[BenchCell]:
+    cells = []
+    for threads in sweep.thread_counts():
+        for component in sweep.components:
+            for runtime, rs in sweep.runtimes.items():
+                for backend in rs.backends:
+                    for variant in rs.variants:
+                        for precision in rs.precisions:
+                            cells.append(BenchCell(component, runtime, backend, artifact_name(runtime, variant),
+                                                   variant, precision, threads))
+    return cells
+
+
+def workloads(sweep, component: str, photo_hw: tuple[int, int]) -> list[dict]:
+    if component == "encoder":
+        return [{"points": 0, "out_size": list(photo_hw)}]
+    if component == "e2e":
+        return [{"points": sweep.e2e_points, "out_size": list(photo_hw)}]
+    return [{"points": p, "out_size": list(s)} for p in sweep.decoder.points for s in sweep.decoder.out_sizes]
+
+
+def flops_of(builder: str, component: str, points: int) -> float:
+    if component == "encoder":
+        return encoder_flops(builder)
+    if component == "decoder":
+        return decoder_flops(builder, points)
+    return encoder_flops(builder) + decoder_flops(builder, points)
+
+
+def roofline(ctx, sweep, threads: list[int]) -> dict[int, float]:
+    rates = {}
+    for t in threads:
+        res = run_isolated("matmul_rate", {"threads": t, "n": sweep.roofline.matmul_n,
+                                           "min_seconds": sweep.roofline.min_seconds},
+                           ctx.build / "logs" / f"bench-matmul-t{t}.log", timeout_s=300)
+        rates[t] = res.result.get("gflops", float("nan")) if res.ok else float("nan")
+        log.info("roofline: dense fp32 matmul %d^3 at %d thread(s): %.0f GFLOP/s", sweep.roofline.matmul_n, t, rates[t])
+    return rates
+
+
+def run(ctx) -> list[dict]:
+    sweep = load_sweep(ctx.cfg.bench.sweep)
+    threads = sweep.thread_counts()
+    (photo_name, photo), = load_images([ctx.cfg.bench.image], ctx.root)
+    paths = artifact_paths(ctx.cells)
+    paths["torch"] = {"encoder": ctx.cfg.source, "decoder": ctx.cfg.source}
+    cells = grid(sweep)
+    log.info("bench: %d cells from %s, threads %s", len(cells), sweep.source, threads)
+    rates = roofline(ctx, sweep, threads)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as d:
+        feeds = Path(d) / "feeds.npz"
+        image = preprocess_image(photo)
+        # real embeddings of the photo for the decoder-only cells
+        embeddings = OrtRuntime(paths["onnx-sim"]["encoder"], threads=max(threads)).run({"image": image})["image_embeddings"]
+        np.savez(feeds, photo=photo, image=image, embeddings=embeddings)
+        unavailable: dict[tuple[str, str], str | None] = {}
+        for cell in tqdm(cells, desc="bench", unit="cell"):
+            loads = workloads(sweep, cell.component, photo.shape[:2])
+            base = {"cell": cell.key, **vars(cell), "image": photo_name}
+            if (cell.runtime, cell.backend) not in unavailable:
+                unavailable[(cell.runtime, cell.backend)] = RUNTIMES[cell.runtime].unavailable(cell.backend)
+            why = unavailable[(cell.runtime, cell.backend)]
+            art = paths.get(cell.artifact)
+            if why is None and art is None:
+                why = f"no artifact {cell.artifact!r} in this pipeline (variants: {', '.join(paths)})"
+            needed = [art[c] for c in (["encoder", "decoder"] if cell.component == "e2e" else [cell.component])] if art else []
+            missing = [p for p in needed if not Path(p).exists()]
+            if why is None and missing:
+                why = f"{ctx.rel(missing[0])} missing"
+            if why:
+                rows.extend({**base, **w, "status": f"skipped: {why}"} for w in loads)
+                continue
+            res = run_isolated("bench", {
+                "runtime": cell.runtime, "backend": cell.backend, "precision": cell.precision,
+                "threads": cell.threads, "component": cell.component, "workloads": loads,
+                "encoder": str(art["encoder"]), "decoder": str(art["decoder"]), "feeds": str(feeds),
+                "timing": vars(sweep.timing), "root": str(ctx.root),
+            }, ctx.build / "logs" / f"bench-{cell.key.replace('/', '_')}.log", sweep.timeout_s)
+            if not res.ok:
+                log.error("bench %s failed: %s", cell.key, res.why)
+                rows.extend({**base, **w, "status": f"failed: {res.why}"} for w in loads)
+                continue
+            r = res.result
+            sha = ",".join(file_sha256(p)[:16] for p in needed) if cell.runtime != "torch" else ctx.weights
+            for w in r["workloads"]:
+                flops = flops_of(ctx.cfg.builder, cell.component, w["points"])
+                gflops = flops / (w["p50_ms"] / 1000) / 1e9
+                rows.append({**base, **w, "status": "ok" if w["valid"] else "ok: fewer runs than min_runs",
+                             "load_s": r["load_seconds"], "peak_rss_mb": r["peak_rss_mb"],
+                             "os_threads": r["os_threads"], "gflop": flops / 1e9, "achieved_gflops": gflops,
+                             "matmul_gflops": rates[cell.threads], "roofline_frac": gflops / rates[cell.threads],
+                             "runtime_version": r["runtime_version"], "artifact_sha256": sha})
+    for r in rows:
+        r["out_h"], r["out_w"] = r.pop("out_size")
+    _speedups(rows)
+    return rows
+
+
+def _speedups(rows: list[dict]) -> None:
+    """speedup_vs_torch: PyTorch eager p50 over the cell's p50, same component, workload and threads."""
+    ref = {(r["component"], r["points"], r["out_h"], r["out_w"], r["threads"]): r["p50_ms"]
+           for r in rows if r["runtime"] == "torch" and r["status"].startswith("ok")}
+    for r in rows:
+        t = ref.get((r["component"], r["points"], r["out_h"], r["out_w"], r["threads"]))
+        r["speedup_vs_torch"] = t / r["p50_ms"] if t and r.get("p50_ms") else float("nan")

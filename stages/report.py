@@ -1,0 +1,225 @@
+"""Stage report: reports/<model>/summary.md and its plots, from latency.csv and parity.csv.
+
+Per component, the fastest cell of each runtime with its speed-up over PyTorch and its parity verdict;
+latency against threads; accuracy against latency with the Pareto front; what was skipped and why.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from stages.artifacts import atomic_output  # noqa: E402
+
+log = logging.getLogger(__name__)
+COMPONENTS = ("encoder", "decoder", "e2e")
+
+
+def parity_verdicts(parity: pd.DataFrame | None) -> dict[tuple[str, str, str], str]:
+    """(artifact, precision, component) -> 'pass' / 'FAIL (...)' from parity.csv."""
+    out: dict[tuple[str, str, str], str] = {}
+    if parity is None:
+        return out
+    for _, r in parity.iterrows():
+        verdict = "pass" if bool(r["pass"]) else f"FAIL ({r['failed_checks'] or r['status']})"
+        out[(r["artifact"], r["precision"], r["component"])] = verdict
+    return out
+
+
+def verdict_for(row, verdicts) -> str:
+    if row["runtime"] == "torch":
+        return "reference"
+    precision = "fp32" if row["runtime"] == "onnxruntime" else row["precision"]
+    v = verdicts.get((row["artifact"], precision, row["component"]))
+    if v is None:
+        return "not checked"
+    if row["backend"] not in ("CPU", "CPUExecutionProvider", "cpu"):
+        return f"{v} (checked on CPU)"
+    return v
+
+
+def fastest_table(lat: pd.DataFrame, verdicts) -> pd.DataFrame:
+    ok = lat[lat["status"].str.startswith("ok")].copy()
+    rows = []
+    for component in COMPONENTS:
+        sub = ok[ok["component"] == component]
+        if sub.empty:
+            continue
+        # one workload per component: the heaviest decoder workload
+        if component == "decoder":
+            top = sub.sort_values(["points", "out_h"], ascending=False).iloc[0]
+            sub = sub[(sub["points"] == top["points"]) & (sub["out_h"] == top["out_h"]) & (sub["out_w"] == top["out_w"])]
+        for runtime, g in sub.groupby("runtime", sort=False):
+            best = g.loc[g["p50_ms"].idxmin()]
+            rows.append({"component": component, "workload": _workload(best), "runtime": runtime,
+                         "fastest cell": f"{best['artifact']}@{best['precision']} {best['backend']} t{best['threads']}",
+                         "p50 ms": round(best["p50_ms"], 1), "cv %": round(best["cv_pct"], 1),
+                         "speed-up vs PyTorch": round(best["speedup_vs_torch"], 2),
+                         "roofline %": round(100 * best["roofline_frac"], 1),
+                         "peak RSS MB": round(best["peak_rss_mb"]), "parity": verdict_for(best, verdicts)})
+    return pd.DataFrame(rows)
+
+
+def _workload(r) -> str:
+    if r["component"] == "encoder":
+        return "1024x1024"
+    return f"{int(r['points'])} pt -> {int(r['out_h'])}x{int(r['out_w'])}"
+
+
+def _series_label(r) -> str:
+    return f"{r['runtime']} {r['artifact']}@{r['precision']}"
+
+
+def plot_threads(lat: pd.DataFrame, path: Path) -> None:
+    ok = lat[lat["status"].str.startswith("ok")]
+    comps = [c for c in COMPONENTS if (ok["component"] == c).any()]
+    if not comps:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.text(0.5, 0.5, "no cell ran: see the status column of latency.csv", ha="center", va="center")
+        ax.axis("off")
+        _save(fig, path)
+        return
+    fig, axes = plt.subplots(1, len(comps), figsize=(6 * len(comps), 4.8), squeeze=False)
+    for ax, component in zip(axes[0], comps, strict=True):
+        sub = ok[ok["component"] == component]
+        if component == "decoder":
+            top = sub.sort_values(["points", "out_h"], ascending=False).iloc[0]
+            sub = sub[(sub["points"] == top["points"]) & (sub["out_h"] == top["out_h"])]
+        for (label, backend), g in sub.groupby([sub.apply(_series_label, axis=1), "backend"]):
+            g = g.sort_values("threads")
+            ax.plot(g["threads"], g["p50_ms"], marker="o", label=f"{label} ({backend})")
+        ax.set_title(f"{component} ({_workload(sub.iloc[0])})")
+        ax.set_xlabel("threads")
+        ax.set_ylabel("p50 latency, ms")
+        ax.set_xticks(sorted(sub["threads"].unique()))
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.suptitle("Latency against threads (lower is better)")
+    _save(fig, path)
+
+
+def pareto_points(lat: pd.DataFrame, parity: pd.DataFrame | None, component: str) -> pd.DataFrame:
+    """Fastest latency per (artifact, precision) at the highest thread count, with its parity mask IoU."""
+    ok = lat[lat["status"].str.startswith("ok") & (lat["component"] == component)]
+    if ok.empty:
+        return pd.DataFrame()
+    ok = ok[ok["threads"] == ok["threads"].max()]
+    if component == "decoder":
+        top = ok.sort_values(["points", "out_h"], ascending=False).iloc[0]
+        ok = ok[(ok["points"] == top["points"]) & (ok["out_h"] == top["out_h"])]
+    pts = []
+    for (runtime, artifact, precision), g in ok.groupby(["runtime", "artifact", "precision"]):
+        acc = 1.0 if runtime == "torch" else np.nan
+        if parity is not None and runtime != "torch":
+            p = parity[(parity["artifact"] == artifact) & (parity["component"] == component)
+                       & (parity["precision"] == ("fp32" if runtime == "onnxruntime" else precision))]
+            if not p.empty:
+                acc = float(p["mask_iou"].iloc[0] if component != "encoder" else p["cosine"].iloc[0])
+        pts.append({"label": f"{artifact}@{precision}", "runtime": runtime, "p50_ms": g["p50_ms"].min(), "accuracy": acc})
+    df = pd.DataFrame(pts).dropna(subset=["accuracy"])
+    df["pareto"] = [not ((df["p50_ms"] <= r.p50_ms) & (df["accuracy"] >= r.accuracy)
+                         & ((df["p50_ms"] < r.p50_ms) | (df["accuracy"] > r.accuracy))).any()
+                    for r in df.itertuples()]
+    return df.sort_values("p50_ms")
+
+
+def plot_pareto(lat: pd.DataFrame, parity: pd.DataFrame | None, path: Path) -> None:
+    comps = [c for c in ("encoder", "e2e") if (lat["component"] == c).any()] or ["encoder"]
+    fig, axes = plt.subplots(1, len(comps), figsize=(6.5 * len(comps), 5), squeeze=False)
+    for ax, component in zip(axes[0], comps, strict=True):
+        df = pareto_points(lat, parity, component)
+        if df.empty:
+            ax.set_title(f"{component}: no timed cell with parity data")
+            ax.axis("off")
+            continue
+        for runtime, g in df.groupby("runtime"):
+            ax.scatter(g["p50_ms"], g["accuracy"], label=runtime, s=40)
+        for r in df.itertuples():
+            ax.annotate(r.label, (r.p50_ms, r.accuracy), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        front = df[df["pareto"]].sort_values("p50_ms")
+        ax.step(front["p50_ms"], front["accuracy"], where="post", color="k", lw=1, ls="--", label="Pareto front")
+        ax.set_xlabel(f"p50 latency at {int(lat['threads'].max())} threads, ms")
+        ax.set_ylabel("embedding cosine vs PyTorch" if component == "encoder" else "worst mask IoU vs PyTorch")
+        ax.set_title(component)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Accuracy against latency (up and left is better)")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def _md(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "(none)\n"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots: dict[str, Path]) -> str:
+    first = lat.iloc[0]
+    verdicts = parity_verdicts(parity)
+    out = [f"# {ctx.cfg.name}: which variant to ship\n"]
+    if str(first["weights"]).startswith("random"):
+        out.append(f"> **Weights: {first['weights']}** - the real architecture with seeded random weights (no checkpoint). "
+                   "Latency and parity are real; masks are not meaningful.\n")
+    else:
+        out.append(f"Weights: {first['weights']}\n")
+    out.append(f"Machine: {first['cpu']}, {first['cores']} cores. torch {first['torch_version']}, onnxruntime "
+               f"{first['onnxruntime_version']}, MNN {first['mnn_version']}. Image: {first['image']}.\n")
+    out.append("## Fastest cell of each runtime\n")
+    out.append(_md(fastest_table(lat, verdicts)))
+    rates = lat.dropna(subset=["matmul_gflops"]).groupby("threads")["matmul_gflops"].first()
+    out.append("\nRoofline: dense fp32 matmul " + ", ".join(f"{v:.0f} GFLOP/s at {t} thread(s)" for t, v in rates.items())
+               + ". `roofline %` is the share of that rate a cell reached (component FLOPs / p50).\n")
+    out.append(f"\n## Latency against threads\n\n![latency against threads](plots/{plots['threads'].name})\n")
+    out.append(f"\n## Accuracy against latency\n\n![accuracy against latency](plots/{plots['pareto'].name})\n")
+    for component in ("encoder", "e2e"):
+        df = pareto_points(lat, parity, component)
+        if not df.empty:
+            df = df.assign(p50_ms=df["p50_ms"].round(1), accuracy=df["accuracy"].round(5))
+            out.append(f"\n{component} (Pareto front marked):\n\n" + _md(df[["label", "runtime", "p50_ms", "accuracy", "pareto"]]))
+    if parity is not None:
+        bad = parity[~parity["pass"].astype(bool)]
+        out.append(f"\n## Parity\n\n{len(parity) - len(bad)} of {len(parity)} rows pass (reports/{ctx.cfg.name}/parity.csv).\n")
+        if not bad.empty:
+            out.append(_md(bad[["cell", "component", "failed_checks", "status"]]))
+    else:
+        out.append("\n## Parity\n\nNo parity.csv yet: run the parity stage.\n")
+    notrun = lat[~lat["status"].str.startswith("ok")]
+    out.append(f"\n## Cells not run\n\n{len(notrun)} of {len(lat)} cells did not run:\n\n")
+    if not notrun.empty:
+        reasons = notrun.groupby("status").agg(cells=("cell", "count"), example=("cell", "first")).reset_index()
+        out.append(_md(reasons[["cells", "status", "example"]]))
+    return "\n".join(out)
+
+
+def run(ctx) -> list[dict]:
+    lat_path = ctx.reports / "latency.csv"
+    par_path = ctx.reports / "parity.csv"
+    lat = pd.read_csv(lat_path)
+    parity = pd.read_csv(par_path) if par_path.exists() else None
+    plots = {"threads": ctx.reports / "plots" / "latency_vs_threads.png",
+             "pareto": ctx.reports / "plots" / "accuracy_vs_latency.png"}
+    plot_threads(lat, plots["threads"])
+    plot_pareto(lat, parity, plots["pareto"])
+    summary = ctx.reports / "summary.md"
+    with atomic_output(summary) as tmp:
+        tmp.write_text(summary_markdown(ctx, lat, parity, plots))
+    log.info("summary: %s", summary)
+    return [{"cell": p.name, **ctx.describe(p), "status": "ok"} for p in [summary, *plots.values()]]

@@ -1,0 +1,169 @@
+"""The latency sweep: statistics, the stop rule, honest skipped and failed cells, threads reaching runtimes,
+and the summary a person reads."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import pandas as pd
+import pytest
+from test_isolation import _kill_first_worker
+
+from conftest import statuses, write_config
+from stages.config import load_model_config, load_sweep
+from stages.errors import ConfigError
+from stages.pipeline import run_pipeline
+from stages.report import pareto_points
+from stages.timing import StopRule, measure, summarize
+
+
+class FakeClock:
+    def __init__(self, step: float):
+        self.now, self.step, self.calls = 0.0, step, 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self) -> None:
+        self.calls += 1
+        self.now += self.step
+
+
+def test_statistics_on_known_samples():
+    s = summarize([0.001, 0.002, 0.003, 0.004])
+    assert s["runs"] == 4
+    assert s["p50_ms"] == pytest.approx(2.5) and s["mean_ms"] == pytest.approx(2.5)
+    assert s["p90_ms"] == pytest.approx(3.7) and s["p99_ms"] == pytest.approx(3.97)
+    assert s["min_ms"] == pytest.approx(1.0) and s["max_ms"] == pytest.approx(4.0)
+    assert s["stdev_ms"] == pytest.approx(1.2909944) and s["cv_pct"] == pytest.approx(51.639778)
+    assert summarize([0.005])["stdev_ms"] == 0.0
+
+
+def test_stop_rule_needs_both_count_and_time():
+    clock = FakeClock(0.1)
+    t = measure(clock.work, StopRule(warmup=2, min_runs=3, min_seconds=1.0, max_seconds=60), clock)
+    assert len(t.samples_s) == 10 and t.valid  # time decides: 10 x 0.1 s
+    assert clock.calls == 1 + 1 + 10  # first run, one more warm-up, samples
+    assert t.first_run_s == pytest.approx(0.1)
+    clock = FakeClock(1.0)
+    t = measure(clock.work, StopRule(warmup=0, min_runs=5, min_seconds=0.5, max_seconds=60), clock)
+    assert len(t.samples_s) == 5  # count decides
+    clock = FakeClock(1.0)
+    t = measure(clock.work, StopRule(warmup=1, min_runs=10, min_seconds=0, max_seconds=3), clock)
+    assert len(t.samples_s) == 3 and not t.valid  # max_seconds cut it short
+
+
+@pytest.mark.parametrize("edit,match", [
+    ({"runtimes": {"mnn": {"backends": ["OpenCLL"], "variants": ["fp32"], "precisions": ["normal"]}}}, "OpenCLL"),
+    ({"runtimes": {"mnn": {"backends": ["CPU"], "variants": ["fp32"], "precisions": ["fast"]}}}, "'fast' is not one of normal"),
+    ({"runtimes": {"tensorrt": {"backends": ["gpu"], "variants": ["fp32"]}}}, "runtimes: 'tensorrt' is not one of"),
+    ({"threads": [0, 2]}, "thread count must be >= 1"),
+    ({"threads": [-1]}, "thread count must be >= 1"),
+    ({"timing": {"min_runs": 0}}, "min_runs >= 1"),
+])
+def test_bad_sweeps_are_named(tmp_path, edit, match):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(json.dumps(edit))  # JSON is YAML
+    with pytest.raises(ConfigError, match=match) as e:
+        load_sweep(str(path))
+    assert str(path) in str(e.value)
+
+
+def test_auto_threads_go_up_to_the_cores(monkeypatch):
+    import os
+
+    sweep = load_sweep("default")
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert sweep.thread_counts() == [1, 2, 4, 6]
+
+
+@pytest.fixture(scope="module")
+def tiny_latency(tmp_path_factory):
+
+    root = tmp_path_factory.mktemp("bench")
+    cfg = load_model_config(str(write_config(root / "tiny_vit_t.yaml", **{"bench.sweep": "tests/configs/sweep_tiny.yaml"})))
+    results = statuses(run_pipeline(cfg, root, targets=["bench", "report"]))
+    return root, pd.read_csv(root / "reports" / cfg.name / "latency.csv"), results
+
+
+def test_sweep_rows_cover_the_grid_with_honest_skips(tiny_latency):
+    _, df, results = tiny_latency
+    assert results["bench"] == "ran" and results["report"] == "ran"
+    # 3 components; decoder has 2 workloads; 6 runtime/backend combos; 2 thread counts
+    assert len(df) == (1 + 2 + 1) * 6 * 2
+    skipped = df[df["status"].str.startswith("skipped")]
+    assert set(skipped["backend"]) == {"CUDAExecutionProvider", "OpenCL", "CUDA"}
+    assert skipped[skipped["backend"] == "CUDA"]["status"].str.contains("falls back to the CPU").all()
+    assert skipped["p50_ms"].isna().all()  # never a number from another backend
+    ok = df[df["status"] == "ok"]
+    assert len(ok) == len(df) - len(skipped)
+    for col in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "cv_pct", "min_ms", "first_run_ms",
+                "load_s", "peak_rss_mb", "matmul_gflops", "roofline_frac", "gflop"):
+        assert pd.api.types.is_numeric_dtype(df[col]) and ok[col].notna().all(), col
+    assert (ok["p50_ms"] >= ok["min_ms"]).all() and (ok["p90_ms"] >= ok["p50_ms"]).all()
+    assert (ok["runs"] >= 2).all()
+    assert (df["weights"] == "random-seed-0").all() and df["cpu"].notna().all() and df["mnn_version"].notna().all()
+    torch_rows = ok[ok["runtime"] == "torch"]
+    assert (torch_rows["speedup_vs_torch"] == 1.0).all()
+
+
+def test_thread_count_reaches_every_runtime(tiny_latency):
+    _, df, _ = tiny_latency
+    ok = df[df["status"] == "ok"]
+    for runtime, g in ok.groupby("runtime"):
+        by_threads = g.groupby("threads")["os_threads"].max()
+        assert by_threads[2] > by_threads[1], runtime
+    rates = ok.groupby("threads")["matmul_gflops"].first()
+    assert rates[1] > 0 and rates[2] > 0
+
+
+def test_summary_and_plots_are_written(tiny_latency):
+    root, _, _ = tiny_latency
+    reports = root / "reports" / "tiny_vit_t"
+    text = (reports / "summary.md").read_text()
+    assert "random-seed-0" in text
+    for runtime in ("torch", "onnxruntime", "mnn"):
+        assert f"| {runtime} |" in text
+    assert "skipped: MNN backend CUDA" in text
+    for png in ("latency_vs_threads.png", "accuracy_vs_latency.png"):
+        data = (reports / "plots" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_pareto_front_marks_dominated_points():
+    rows = [("torch", "torch", "fp32", 100.0), ("onnxruntime", "onnx-sim", "fp32", 40.0),
+            ("mnn", "mnn-fp32", "normal", 60.0), ("mnn", "mnn-wint8", "normal", 30.0)]
+    lat = pd.DataFrame([{"status": "ok", "component": "e2e", "threads": 2, "runtime": r, "artifact": a,
+                         "precision": p, "p50_ms": ms, "points": 1, "out_h": 10, "out_w": 10} for r, a, p, ms in rows])
+    parity = pd.DataFrame([{"artifact": "onnx-sim", "precision": "fp32", "component": "e2e", "mask_iou": 0.999},
+                           {"artifact": "mnn-fp32", "precision": "normal", "component": "e2e", "mask_iou": 0.995},
+                           {"artifact": "mnn-wint8", "precision": "normal", "component": "e2e", "mask_iou": 0.9}])
+    front = pareto_points(lat, parity, "e2e").set_index("label")["pareto"].to_dict()
+    assert front == {"mnn-wint8@normal": True, "onnx-sim@fp32": True, "mnn-fp32@normal": False, "torch@fp32": True}
+
+
+def test_crashing_cell_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(json.dumps({"components": ["decoder"], "decoder": {"points": [1], "out_sizes": [[64, 64]]},
+                                       "runtimes": {"mnn": {"backends": ["CPU"], "variants": ["fp32"], "precisions": ["normal", "high"]}},
+                                       "threads": [1], "timing": {"warmup": 1, "min_runs": 20, "min_seconds": 1.0, "max_seconds": 5},
+                                       "roofline": {"matmul_n": 128, "min_seconds": 0.01}}))
+    cfg_path = write_config(tmp_path / "c.yaml", name="tiny_crash", **{"bench.sweep": str(sweep),
+                                                                      "convert.variants": {"fp32": []}})
+    cfg = load_model_config(str(cfg_path))
+    run_pipeline(cfg, tmp_path, targets=["convert"])
+    found, stop = [], threading.Event()
+    killer = threading.Thread(target=_kill_first_worker, args=(signal.SIGKILL, found, stop, "bench"))
+    killer.start()
+    try:
+        results = statuses(run_pipeline(cfg, tmp_path, targets=["bench"]))
+    finally:
+        stop.set()
+        killer.join()
+    assert found and results["bench"] == "failed"
+    df = pd.read_csv(tmp_path / "reports" / "tiny_crash" / "latency.csv")
+    assert len(df) == 2
+    assert df.iloc[0]["status"].startswith("failed") and "SIGKILL" in df.iloc[0]["status"]
+    assert df.iloc[1]["status"] == "ok" and df.iloc[1]["p50_ms"] > 0

@@ -1,0 +1,146 @@
+"""The regression gate and run comparison, on report tables: what fails the gate and what does not."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from stages.__main__ import main
+from stages.compare import BAD, compare_runs, load_regress_config, load_run
+
+CFG = load_regress_config()
+
+
+def _latency(enc_ms: float = 500.0, mnn_ms: float = 800.0, dec_ms: float = 40.0, matmul: float = 300.0) -> pd.DataFrame:
+    rows = []
+    for component, ref, mnn in (("encoder", enc_ms, mnn_ms), ("decoder", dec_ms, 2 * dec_ms)):
+        for runtime, backend, artifact, precision, ms in (
+            ("onnxruntime", "CPUExecutionProvider", "onnx-sim", "fp32", ref),
+            ("mnn", "CPU", "mnn-fp32", "normal", mnn),
+            ("mnn", "OpenCL", "mnn-fp32", "normal", None),
+        ):
+            rows.append({"component": component, "runtime": runtime, "backend": backend, "artifact": artifact,
+                         "precision": precision, "threads": 2, "points": 1, "out_h": 1200, "out_w": 1800,
+                         "p50_ms": ms, "matmul_gflops": matmul,
+                         "status": "ok" if ms else "skipped: MNN backend OpenCL is not available"})
+    return pd.DataFrame(rows)
+
+
+def _parity(iou: float = 0.999, cos: float = 1.0, passed: bool = True) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"artifact": "mnn-fp32", "precision": "normal", "component": "encoder", "cosine": cos, "rel_l2": 3e-4,
+         "mask_iou": None, "pass": passed, "failed_checks": "" if passed else "cosine"},
+        {"artifact": "mnn-fp32", "precision": "normal", "component": "e2e", "cosine": None, "rel_l2": None,
+         "mask_iou": iou, "pass": True, "failed_checks": ""},
+    ])
+
+
+def _run(tmp_path, name, parity, latency):
+    d = tmp_path / name
+    d.mkdir()
+    parity.to_csv(d / "parity.csv", index=False)
+    latency.to_csv(d / "latency.csv", index=False)
+    return load_run(str(d))
+
+
+def _bad(df):
+    return df[df["verdict"].isin(BAD)]
+
+
+def test_identical_runs_pass(tmp_path):
+    df = compare_runs(_run(tmp_path, "a", _parity(), _latency()), _run(tmp_path, "b", _parity(), _latency()), CFG)
+    assert _bad(df).empty and (df["verdict"] == "same").all()
+
+
+def test_a_slower_machine_is_not_a_regression(tmp_path):
+    # everything 1.8x slower, the matmul rate 1.8x lower: ratios are unchanged
+    slow = _latency(enc_ms=900, mnn_ms=1440, dec_ms=72, matmul=300 / 1.8)
+    df = compare_runs(_run(tmp_path, "a", _parity(), _latency()), _run(tmp_path, "b", _parity(), slow), CFG)
+    assert _bad(df).empty
+
+
+def test_differences_within_the_factor_pass(tmp_path):
+    df = compare_runs(_run(tmp_path, "a", _parity(), _latency()),
+                      _run(tmp_path, "b", _parity(iou=0.995), _latency(mnn_ms=800 * 1.3)), CFG)
+    assert _bad(df).empty
+
+
+def test_slowdown_injected_into_one_cell_fails(tmp_path):
+    df = compare_runs(_run(tmp_path, "a", _parity(), _latency()),
+                      _run(tmp_path, "b", _parity(), _latency(mnn_ms=800 * 1.6)), CFG)
+    bad = _bad(df)
+    assert len(bad) == 1 and bad.iloc[0]["cell"].startswith("encoder/mnn/CPU/mnn-fp32") and bad.iloc[0]["verdict"] == "worse"
+
+
+def test_slower_reference_is_caught_by_the_matmul_rate(tmp_path):
+    df = compare_runs(_run(tmp_path, "a", _parity(), _latency()),
+                      _run(tmp_path, "b", _parity(), _latency(enc_ms=1000, mnn_ms=1600)), CFG)
+    bad = _bad(df)
+    assert list(bad["cell"].str.split("/").str[1]) == ["onnxruntime"] and "matmul" in bad.iloc[0]["metric"]
+
+
+def test_baseline_demanding_better_accuracy_fails(tmp_path):
+    df = compare_runs(_run(tmp_path, "a", _parity(iou=1.0), _latency()),
+                      _run(tmp_path, "b", _parity(iou=0.985), _latency()), CFG)
+    bad = _bad(df)
+    assert len(bad) == 1 and bad.iloc[0]["metric"] == "mask_iou" and bad.iloc[0]["allowed"] == ">= 0.99"
+
+
+def test_newly_failing_and_missing_cells_are_reported(tmp_path):
+    lat_b = _latency().iloc[1:]  # the encoder onnxruntime cell is gone
+    df = compare_runs(_run(tmp_path, "a", _parity(), _latency()), _run(tmp_path, "b", _parity(passed=False), lat_b), CFG)
+    verdicts = set(_bad(df)["verdict"])
+    assert {"newly failing", "missing in b"} <= verdicts
+    # the MNN encoder cell lost its reference: reported, not silently passed
+    assert "not comparable" in set(df["verdict"])
+
+
+def test_backends_side_by_side_from_one_run(tmp_path):
+    _run(tmp_path, "r", _parity(), _latency())
+    r = tmp_path / "r"
+    a = load_run(f"{r}::runtime=onnxruntime,backend=CPUExecutionProvider,artifact=onnx-sim,precision=fp32")
+    b = load_run(f"{r}::runtime=mnn,backend=CPU,artifact=mnn-fp32,precision=normal")
+    lat = compare_runs(a, b, CFG).query("kind == 'latency'").set_index("cell")
+    # the filtered columns drop out of the key: cells match by component, threads and workload
+    assert set(lat.index) == {"encoder/2/1/1200/1800", "decoder/2/1/1200/1800"}
+    assert lat.loc["encoder/2/1/1200/1800", "note"].startswith("x")
+
+
+def test_regress_cli_fails_with_a_table_and_passes_on_its_own_baseline(tmp_path, capsys):
+    from conftest import TINY, write_config
+
+    cfg = write_config(tmp_path / "tiny_gate.yaml", name="tiny_gate", **{
+        "bench.sweep": "tests/configs/sweep_min.yaml", "convert.variants": {"fp32": []},
+        "parity.images": ["chelsea"], "parity.mnn_precisions": {"fp32": ["normal"]}}, base=TINY)
+    root = tmp_path / "root"
+    assert main(["baseline", "--model", str(cfg), "--root", str(root)]) == 0
+    base = root / "reports" / "baselines" / "tiny_gate"
+    assert (base / "parity.csv").exists() and (base / "latency.csv").exists()
+    assert main(["regress", "--model", str(cfg), "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "0 regressions" in out
+    # a baseline edited to demand better accuracy makes the gate fail, naming the cell and metric
+    parity = pd.read_csv(base / "parity.csv")
+    parity.loc[parity["component"] == "encoder", "cosine"] = 1.5
+    parity.to_csv(base / "parity.csv", index=False)
+    assert main(["regress", "--model", str(cfg), "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "cosine" in out and "worse" in out and (root / "reports" / "tiny_gate" / "regress.md").exists()
+
+
+def test_compare_cli_writes_markdown_and_csv(tmp_path, capsys):
+    _run(tmp_path, "a", _parity(), _latency())
+    _run(tmp_path, "b", _parity(iou=0.9), _latency(mnn_ms=2000))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--fail-on-regression"]) == 1
+    md = (tmp_path / "cmp.md").read_text()
+    assert "| ! |" in md and "worse" in md
+    assert len(pd.read_csv(tmp_path / "cmp.csv")) > 0
+
+
+@pytest.mark.parametrize("spec,match", [("nope", "is not a folder"), ])
+def test_bad_run_spec(spec, match):
+    from stages.errors import PipelineError
+
+    with pytest.raises(PipelineError, match=match):
+        load_run(spec)

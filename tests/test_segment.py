@@ -1,0 +1,152 @@
+"""MNN-only segmentation: matches SamPredictor, imports no torch/onnx/onnxruntime, rejects bad input clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT_DIR
+from stages.errors import PipelineError
+from stages.models import build_model
+from stages.samples import photo
+from stages.segment import MnnSamPredictor, read_image
+
+
+def _mnn(tiny_run, component):
+    root, cfg, _ = tiny_run
+    return root / "build" / cfg.name / "mnn" / f"{component}.fp32.mnn"
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+    return MnnSamPredictor(_mnn(tiny_run, "encoder"), _mnn(tiny_run, "decoder"), threads=1)
+
+
+def sam_predictor_masks(sam_predictor, points, labels, box):
+    """SamPredictor's masks as the exported single-mask decoder chooses them: with one point or a box alone
+    the best of the three multimask outputs, with more prompt points the single-mask output (SAM's ONNX rule)."""
+    n = (0 if points is None else len(points)) + (2 if box is not None else 1)
+    multi = n < 2.5
+    masks, iou, _ = sam_predictor.predict(point_coords=points, point_labels=labels, box=box, multimask_output=multi)
+    return masks[int(np.argmax(iou))] if multi else masks[0]
+
+
+@pytest.mark.parametrize("name", ["chelsea", "coffee", "astronaut"])
+def test_masks_match_sam_predictor(tiny_run, predictor, name):
+    from mobile_sam import SamPredictor
+
+    root, cfg, _ = tiny_run
+    model, _ = build_model(cfg, root)
+    ref = SamPredictor(model)
+    img = photo(name)
+    h, w = img.shape[:2]
+    with torch.no_grad():
+        ref.set_image(img)
+    predictor.set_image(img)
+    prompts = [
+        (np.array([[0.5 * w, 0.45 * h]]), np.array([1]), None),
+        (np.array([[0.5 * w, 0.45 * h], [0.6 * w, 0.6 * h], [0.05 * w, 0.05 * h]]), np.array([1, 1, 0]), None),
+        (None, None, np.array([0.25 * w, 0.2 * h, 0.75 * w, 0.85 * h])),
+        (np.array([[0.5 * w, 0.45 * h]]), np.array([1]), np.array([0.25 * w, 0.2 * h, 0.75 * w, 0.85 * h])),
+    ]
+    for points, labels, box in prompts:
+        with torch.no_grad():
+            want = sam_predictor_masks(ref, points, labels, box)
+        got = predictor.predict(points, labels, box).masks[0]
+        assert got.shape == (h, w)
+        iou = np.logical_and(got, want).sum() / max(1, np.logical_or(got, want).sum())
+        assert iou >= 0.99, (name, points, box, iou)
+
+
+def test_one_encoder_run_serves_many_prompts(predictor):
+    calls = []
+    run = predictor.encoder.run
+    predictor.encoder.run = lambda feeds: calls.append(1) or run(feeds)
+    try:
+        img = photo("coffee")
+        predictor.set_image(img)
+        first = predictor.predict([[300, 200]], [1])
+        predictor.predict([[100, 100], [300, 200]], [0, 1])
+        again = predictor.predict(None, None, mask_input=first.low_res_masks[0])  # previous mask fed back
+    finally:
+        predictor.encoder.run = run
+    assert len(calls) == 1
+    assert again.masks.shape == (1, 400, 600) and first.low_res_masks.shape == (1, 256, 256)
+
+
+def test_runs_with_mnn_and_numpy_only(tiny_run, tmp_path):
+    image = tmp_path / "chelsea.jpg"
+    Image.fromarray(photo("chelsea")).save(image)
+    code = f"""
+import sys
+from stages.__main__ import main
+rc = main(["segment", "--encoder", r"{_mnn(tiny_run, 'encoder')}", "--decoder", r"{_mnn(tiny_run, 'decoder')}",
+           "--image", r"{image}", "--points", "220,140;300,200", "--labels", "1,0", "--out", r"{tmp_path}"])
+heavy = sorted(m for m in ("torch", "onnx", "onnxruntime", "PIL", "onnxslim") if m in sys.modules)
+print("HEAVY", heavy)
+sys.exit(rc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT_DIR, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
+    assert "time ms  read" in out.stdout and "encoder" in out.stdout and "decoder" in out.stdout
+    mask = np.asarray(Image.open(tmp_path / "chelsea.mask.png"))
+    assert mask.shape[:2] == (300, 451) and set(np.unique(mask)) <= {0, 255}
+    overlay = np.asarray(Image.open(tmp_path / "chelsea.overlay.jpg"))
+    assert overlay.shape == (300, 451, 3)
+
+
+def test_grayscale_and_rgba_images_are_converted(predictor, tmp_path):
+    gray = tmp_path / "gray.png"
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(photo("coffee")[..., 0]).save(gray)
+    Image.fromarray(np.dstack([photo("coffee"), np.full((400, 600), 128, np.uint8)])).save(rgba)
+    for path in (gray, rgba):
+        img = read_image(path)
+        assert img.shape == (400, 600, 3) and img.dtype == np.uint8
+    predictor.set_image(photo("coffee")[..., 0])  # HxW array
+    assert predictor.predict([[300, 200]]).masks.shape == (1, 400, 600)
+    predictor.set_image(np.dstack([photo("coffee"), np.zeros((400, 600), np.uint8)]))  # HxWx4 array
+    assert predictor.predict([[300, 200]]).masks.shape == (1, 400, 600)
+
+
+def test_missing_and_unreadable_images(tmp_path):
+    with pytest.raises(PipelineError, match=r"image .*nope.jpg does not exist"):
+        read_image(tmp_path / "nope.jpg")
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(PipelineError, match=r"notes.jpg is not an image MNN can read"):
+        read_image(bad)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({}, "no prompt"),
+    ({"point_coords": [[700, 100]], "point_labels": [1]}, r"outside the 600x400 image"),
+    ({"point_coords": [[10, -5]], "point_labels": [1]}, r"outside"),
+    ({"box": [400, 50, 100, 300]}, r"x0 < x1 and y0 < y1"),
+    ({"point_coords": [[10, 10], [20, 20]], "point_labels": [1]}, r"2 points but 1 labels"),
+    ({"point_coords": [[10, 10]], "point_labels": [2]}, r"labels must be 1 \(foreground\) or 0"),
+    ({"point_coords": [[10, 10, 3]]}, r"N x 2"),
+])
+def test_bad_prompts_are_named(predictor, kwargs, match):
+    predictor.set_image(photo("coffee"))
+    with pytest.raises(PipelineError, match=match):
+        predictor.predict(**kwargs)
+
+
+def test_cli_bad_input_exits_2_with_one_line(tiny_run, tmp_path, capsys):
+    from stages.__main__ import main
+
+    args = ["segment", "--encoder", str(_mnn(tiny_run, "encoder")), "--decoder", str(_mnn(tiny_run, "decoder")),
+            "--out", str(tmp_path)]
+    assert main([*args, "--image", str(tmp_path / "missing.jpg"), "--points", "1,1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["segment", "--model", "nonexistent", "--root", str(tmp_path), "--image", "x.jpg", "--points", "1,1"]) == 2
+    assert "run `make all` first" in capsys.readouterr().err
+    assert not list(Path(tmp_path).glob("*.png"))
