@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from stages.errors import PipelineError
@@ -173,6 +175,10 @@ def cmd_segment(args) -> int:
     return 0
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -215,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_segment)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C: temp files are removed, the run lock is released, and the
+        # interrupted stage has no lock entry, so the next run resumes there.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return args.func(args)
     except PipelineError as e:

@@ -82,8 +82,7 @@ class Thresholds:
 
 
 DEFAULT_PARITY_IMAGES = ["astronaut", "coffee", "chelsea", "rocket"]
-DEFAULT_MNN_PRECISIONS = {"fp32": ["normal", "high", "low", "Low_BF16"], "fp16": ["normal", "low"],
-                          "wint8": ["normal", "low"]}
+DEFAULT_MNN_PRECISIONS = {v: ["normal", "high", "low", "Low_BF16"] for v in ("fp32", "fp16", "wint8")}
 
 
 @dataclass

@@ -388,9 +388,18 @@ def run_pipeline(
     stages = _select(all_stages, targets, single, pipeline_file)
     makers = {o: s.name for s in all_stages for o in s.all_outs}
     build, reports = build_dir(root, cfg), reports_dir(root, cfg)
+    weights = weights_tag(cfg, root)  # a required checkpoint that is missing stops here, before any folder is made
+    for folder in (build, reports):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise PipelineError(f"cannot write to output folder {folder}: {e.strerror or e}. "
+                                f"Pass --root with a writable folder.") from None
     results: list[StageResult] = []
     with run_lock(build):
-        weights = weights_tag(cfg, root)
         warn_if_random(cfg, root)
         lock = Lock(build / "pipeline.lock.json")
         failed: set[str] = set()

@@ -73,10 +73,6 @@ def _workload(r) -> str:
     return f"{int(r['points'])} pt -> {int(r['out_h'])}x{int(r['out_w'])}"
 
 
-def _series_label(r) -> str:
-    return f"{r['runtime']} {r['artifact']}@{r['precision']}"
-
-
 def plot_threads(lat: pd.DataFrame, path: Path) -> None:
     ok = lat[lat["status"].str.startswith("ok")]
     comps = [c for c in COMPONENTS if (ok["component"] == c).any()]
@@ -86,15 +82,21 @@ def plot_threads(lat: pd.DataFrame, path: Path) -> None:
         ax.axis("off")
         _save(fig, path)
         return
+    # colour: the artifact (torch, onnx-sim, mnn-fp32, ...); line style: the runtime precision
+    palette = plt.get_cmap("tab10").colors
+    colors = {a: palette[i % 10] for i, a in enumerate(sorted(ok["artifact"].unique()))}
+    dashes = ["-", "--", ":", "-."]
+    styles = {p: dashes[i % 4] for i, p in enumerate(sorted(ok["precision"].unique()))}
     fig, axes = plt.subplots(1, len(comps), figsize=(6 * len(comps), 4.8), squeeze=False)
     for ax, component in zip(axes[0], comps, strict=True):
         sub = ok[ok["component"] == component]
         if component == "decoder":
             top = sub.sort_values(["points", "out_h"], ascending=False).iloc[0]
             sub = sub[(sub["points"] == top["points"]) & (sub["out_h"] == top["out_h"])]
-        for (label, backend), g in sub.groupby([sub.apply(_series_label, axis=1), "backend"]):
+        for (runtime, artifact, precision, backend), g in sub.groupby(["runtime", "artifact", "precision", "backend"]):
             g = g.sort_values("threads")
-            ax.plot(g["threads"], g["p50_ms"], marker="o", label=f"{label} ({backend})")
+            ax.plot(g["threads"], g["p50_ms"], marker="o", color=colors[artifact], ls=styles[precision],
+                    label=f"{runtime} {artifact}@{precision} ({backend})")
         ax.set_title(f"{component} ({_workload(sub.iloc[0])})")
         ax.set_xlabel("threads")
         ax.set_ylabel("p50 latency, ms")
@@ -142,8 +144,8 @@ def plot_pareto(lat: pd.DataFrame, parity: pd.DataFrame | None, path: Path) -> N
             continue
         for runtime, g in df.groupby("runtime"):
             ax.scatter(g["p50_ms"], g["accuracy"], label=runtime, s=40)
-        for r in df.itertuples():
-            ax.annotate(r.label, (r.p50_ms, r.accuracy), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        for r in df[df["pareto"]].itertuples():  # the rest are listed in summary.md
+            ax.annotate(r.label, (r.p50_ms, r.accuracy), fontsize=8, xytext=(4, -10), textcoords="offset points")
         front = df[df["pareto"]].sort_values("p50_ms")
         ax.step(front["p50_ms"], front["accuracy"], where="post", color="k", lw=1, ls="--", label="Pareto front")
         ax.set_xlabel(f"p50 latency at {int(lat['threads'].max())} threads, ms")
@@ -151,7 +153,7 @@ def plot_pareto(lat: pd.DataFrame, parity: pd.DataFrame | None, path: Path) -> N
         ax.set_title(component)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Accuracy against latency (up and left is better)")
+    fig.suptitle("Accuracy against latency (up and left is better; Pareto points labelled)")
     _save(fig, path)
 
 

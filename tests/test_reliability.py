@@ -1,0 +1,143 @@
+"""Reliability: interrupted runs resume, bad inputs get clear messages, nothing leaves the machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import ROOT_DIR, statuses, write_config
+from stages.__main__ import main
+from stages.config import load_model_config
+from stages.errors import PipelineError
+from stages.pipeline import Lock, run_pipeline
+from stages.samples import load_images
+
+
+def _fast_config(tmp_path: Path, name: str) -> Path:
+    return write_config(tmp_path / f"{name}.yaml", name=name, **{
+        "convert.variants": {"fp32": [], "fp16": ["--fp16"]}, "parity.images": ["chelsea"],
+        "parity.mnn_precisions": {"fp32": ["normal"], "fp16": ["normal"]}})
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_leaves_no_finished_looking_file_and_resumes(tmp_path, sig):
+    cfg_path = _fast_config(tmp_path, "tiny_int")
+    root = tmp_path / "root"
+    cmd = [sys.executable, "-m", "stages", "run", "--model", str(cfg_path), "--root", str(root)]
+    proc = subprocess.Popen(cmd, cwd=ROOT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mnn = root / "build" / "tiny_int" / "mnn"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(mnn.glob(".*partial*")):  # a conversion is being written
+        time.sleep(0.01)
+    assert list(mnn.glob(".*partial*")), "never saw the convert stage writing"
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
+    lock = Lock(root / "build" / "tiny_int" / "pipeline.lock.json")
+    assert "convert" not in lock.data["stages"] and "simplify" in lock.data["stages"]
+    assert not list(mnn.glob(".*partial*"))  # temp files are gone ...
+    finished = {p.name for p in mnn.glob("*.mnn")}
+    assert finished < {"encoder.fp32.mnn", "encoder.fp16.mnn", "decoder.fp32.mnn", "decoder.fp16.mnn"}
+    results = statuses(run_pipeline(load_model_config(str(cfg_path)), root))
+    assert results["export_encoder"] == results["simplify"] == "cached"  # ... and the run resumes at convert
+    assert results["convert"] == "ran" and results["report"] == "ran"
+
+
+def test_corrupt_onnx_fails_the_conversion_with_a_message(tmp_path):
+    cfg_path = _fast_config(tmp_path, "tiny_corrupt")
+    cfg = load_model_config(str(cfg_path))
+    run_pipeline(cfg, tmp_path, targets=["simplify"])
+    sim = tmp_path / "build" / "tiny_corrupt" / "onnx" / "encoder.sim.onnx"
+    sim.write_bytes(sim.read_bytes()[:20000])
+    results = statuses(run_pipeline(cfg, tmp_path, targets=["convert"], single=True))
+    assert results["convert"] == "failed"
+    df = pd.read_csv(tmp_path / "reports" / "tiny_corrupt" / "convert.csv").set_index("cell")
+    assert df.loc["encoder-fp32", "status"].startswith("failed: MNN converter wrote no model")
+    assert df.loc["decoder-fp32", "status"] == "ok"
+
+
+def test_truncated_mnn_file_fails_its_parity_cells_only(tmp_path):
+    cfg_path = _fast_config(tmp_path, "tiny_trunc")
+    cfg = load_model_config(str(cfg_path))
+    run_pipeline(cfg, tmp_path, targets=["convert"])
+    mnn = tmp_path / "build" / "tiny_trunc" / "mnn" / "decoder.fp16.mnn"
+    mnn.write_bytes(mnn.read_bytes()[: mnn.stat().st_size // 3])
+    assert main(["run", "--model", str(cfg_path), "--root", str(tmp_path), "parity", "--single"]) == 1
+    df = pd.read_csv(tmp_path / "reports" / "tiny_trunc" / "parity.csv")
+    bad = df[df["status"] != "ok"]
+    assert set(bad["cell"]) == {"mnn-fp16@normal"}
+    assert bad["status"].str.contains("MNN cannot load").all() and bad["status"].str.contains("decoder.fp16.mnn").all()
+    assert df[df["cell"] != "mnn-fp16@normal"]["pass"].all()
+
+
+def test_image_folders(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    with pytest.raises(PipelineError, match=r"image folder .*imgs is empty"):
+        load_images([str(folder)], tmp_path)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(folder / "a.png")
+    (folder / "notes.txt").write_text("not an image")
+    with pytest.raises(PipelineError, match=r"notes.txt is not a readable image"):
+        load_images([str(folder)], tmp_path)
+    (folder / "notes.txt").unlink()
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(folder / "gray.png")
+    imgs = load_images([str(folder), "chelsea"], tmp_path)
+    assert [n for n, _ in imgs] == ["a", "gray", "chelsea"] and all(i.shape[2] == 3 for _, i in imgs)
+    with pytest.raises(PipelineError, match=r"'nowhere' is neither a bundled photo"):
+        load_images(["nowhere"], tmp_path)
+
+
+def test_unwritable_output_folder_is_named(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    from conftest import TINY
+
+    assert main(["run", "--model", str(TINY), "--root", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to output folder" in err and str(blocker) in err
+
+
+SITECUSTOMIZE = '''
+import socket, sys
+def _refuse(*a, **k):
+    raise OSError("network access attempted during a test that forbids it")
+socket.socket.connect = _refuse
+socket.socket.connect_ex = _refuse
+socket.create_connection = _refuse
+class _NoMnnTools:
+    def find_spec(self, name, path=None, target=None):
+        if name == "MNN.tools" or name.startswith("MNN.tools."):
+            raise ImportError("MNN.tools must never be imported (it pip-installs and phones home)")
+        return None
+sys.meta_path.insert(0, _NoMnnTools())
+'''
+
+
+def test_convert_path_runs_offline_and_never_imports_mnn_tools(tmp_path, monkeypatch):
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(guard), os.environ.get("PYTHONPATH", "")]))
+    # the guard works: a child that tries the network or MNN.tools fails
+    probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
+                           capture_output=True, text=True)
+    assert "network access attempted" in probe.stderr
+    probe = subprocess.run([sys.executable, "-c", "import MNN.tools"], capture_output=True, text=True)
+    assert "must never be imported" in probe.stderr
+    cfg_path = _fast_config(tmp_path, "tiny_offline")
+    out = subprocess.run([sys.executable, "-m", "stages", "run", "--model", str(cfg_path), "--root", str(tmp_path),
+                          "convert"], cwd=ROOT_DIR, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    df = pd.read_csv(tmp_path / "reports" / "tiny_offline" / "convert.csv")
+    assert (df["status"] == "ok").all() and len(df) == 4
+    assert "MNN.tools" not in sys.modules
