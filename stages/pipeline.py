@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import dataclasses
 import fcntl
 import hashlib
 import importlib
@@ -206,10 +205,8 @@ def reports_dir(root: Path, cfg: ModelConfig) -> Path:
     return root / "reports" / cfg.name
 
 
-def report_path(ctx_or_root, cfg: ModelConfig | None = None, stage: str | None = None) -> Path:
-    if isinstance(ctx_or_root, StageContext):
-        return ctx_or_root.stage.report
-    return reports_dir(ctx_or_root, cfg) / f"{stage}.csv"
+def report_path(ctx: StageContext) -> Path:
+    return ctx.stage.report
 
 
 # ---------------------------------------------------------------- hashing
@@ -486,7 +483,3 @@ def summary_table(results: list[StageResult]) -> str:
     for r in results:
         lines.append(f"{r.stage:<16} {r.status:<8} {r.seconds:>8.1f}  {r.detail[:200]}")
     return "\n".join(lines)
-
-
-def as_dict(obj: Any) -> Any:
-    return dataclasses.asdict(obj)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.errors import ConfigError, PipelineError
+from stages.errors import PipelineError
 
 MNN_PRECISIONS = ("normal", "high", "low", "Low_BF16")
 MNN_BACKENDS = {"CPU": 0, "Metal": 1, "CUDA": 2, "OpenCL": 3, "OpenGL": 6, "Vulkan": 7}
@@ -222,8 +222,3 @@ def _mnn_backend_probe(backend: str) -> str | None:
 
 RUNTIMES: dict[str, type[Runtime]] = {"onnxruntime": OrtRuntime, "mnn": MnnRuntime, "torch": TorchRuntime}
 
-
-def runtime_class(name: str) -> type[Runtime]:
-    if name not in RUNTIMES:
-        raise ConfigError(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
-    return RUNTIMES[name]
