@@ -49,13 +49,25 @@ def artifact_name(runtime: str, variant: str) -> str:
     return {"torch": "torch", "onnxruntime": variant}.get(runtime, f"{runtime}-{variant}")
 
 
-def grid(sweep) -> list[BenchCell]:
+ALL_VARIANTS = {"torch": ["fp32"], "onnxruntime": ["onnx", "onnx-sim"]}
+
+
+def expand_variants(runtime: str, variants: list[str], convert_variants) -> list[str]:
+    """`all` in a sweep's variants: every artifact of that runtime (for MNN, every convert.variants entry),
+    so a variant added to the model config is timed without editing the sweep."""
+    out: list[str] = []
+    for v in variants:
+        out.extend(ALL_VARIANTS.get(runtime, list(convert_variants)) if v == "all" else [v])
+    return list(dict.fromkeys(out))
+
+
+def grid(sweep, convert_variants=()) -> list[BenchCell]:
     cells = []
     for threads in sweep.thread_counts():
         for component in sweep.components:
             for runtime, rs in sweep.runtimes.items():
                 for backend in rs.backends:
-                    for variant in rs.variants:
+                    for variant in expand_variants(runtime, rs.variants, convert_variants):
                         for precision in rs.precisions:
                             cells.append(BenchCell(component, runtime, backend, artifact_name(runtime, variant),
                                                    variant, precision, threads))
@@ -95,7 +107,7 @@ def run(ctx) -> list[dict]:
     (photo_name, photo), = load_images([ctx.cfg.bench.image], ctx.root)
     paths = artifact_paths(ctx.cells)
     paths["torch"] = {"encoder": ctx.cfg.source, "decoder": ctx.cfg.source}
-    cells = grid(sweep)
+    cells = grid(sweep, ctx.cfg.convert.variants)
     log.info("bench: %d cells from %s, threads %s", len(cells), sweep.source, threads)
     rates = roofline(ctx, sweep, threads)
     rows = []

@@ -167,3 +167,14 @@ def test_crashing_cell_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
     assert len(df) == 2
     assert df.iloc[0]["status"].startswith("failed") and "SIGKILL" in df.iloc[0]["status"]
     assert df.iloc[1]["status"] == "ok" and df.iloc[1]["p50_ms"] > 0
+
+
+def test_all_variants_follow_the_model_config():
+    from stages.bench import expand_variants, grid
+
+    assert expand_variants("mnn", ["all"], {"fp32": [], "fp32-fuse": ["--transformerFuse"]}) == ["fp32", "fp32-fuse"]
+    assert expand_variants("onnxruntime", ["all"], {"fp32": []}) == ["onnx", "onnx-sim"]
+    assert expand_variants("mnn", ["fp16", "all"], {"fp32": [], "fp16": []}) == ["fp16", "fp32"]
+    cells = grid(load_sweep("default"), {"fp32": [], "fp16": [], "wint8": [], "fp32-opt": []})
+    mnn = {c.artifact for c in cells if c.runtime == "mnn"}
+    assert mnn == {"mnn-fp32", "mnn-fp16", "mnn-wint8", "mnn-fp32-opt"}
