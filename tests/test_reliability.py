@@ -141,3 +141,21 @@ def test_convert_path_runs_offline_and_never_imports_mnn_tools(tmp_path, monkeyp
     df = pd.read_csv(tmp_path / "reports" / "tiny_offline" / "convert.csv")
     assert (df["status"] == "ok").all() and len(df) == 4
     assert "MNN.tools" not in sys.modules
+
+
+def test_second_process_on_the_same_model_is_told_the_first_is_running(tmp_path):
+    cfg_path = _fast_config(tmp_path, "tiny_twice")
+    root = tmp_path / "root"
+    cmd = [sys.executable, "-m", "stages", "run", "--model", str(cfg_path), "--root", str(root)]
+    first = subprocess.Popen(cmd, cwd=ROOT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = root / "build" / "tiny_twice" / ".run.lock"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (lock.exists() and lock.read_text().startswith("pid")):
+        time.sleep(0.02)
+    second = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True, timeout=120)
+    assert first.wait(timeout=600) == 0  # the first run is not disturbed ...
+    assert second.returncode == 2
+    assert "another run" in second.stderr and f"pid {first.pid}" in second.stderr
+    # ... and its outputs are whole: a third run finds everything up to date
+    results = statuses(run_pipeline(load_model_config(str(cfg_path)), root))
+    assert set(results.values()) == {"cached"}
