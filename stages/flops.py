@@ -19,6 +19,7 @@ def _meta_model(builder: str) -> torch.nn.Module:
         return BUILDERS[builder]().eval().to("meta")
 
 
+@functools.lru_cache(maxsize=8)
 def encoder_flops(builder: str) -> float:
     model = _meta_model(builder)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
@@ -26,6 +27,7 @@ def encoder_flops(builder: str) -> float:
     return float(fc.get_total_flops())
 
 
+@functools.lru_cache(maxsize=32)
 def decoder_flops(builder: str, points: int) -> float:
     """Prompt encoder + mask decoder (matmuls and convs; the final resize to the output size is not counted)."""
     model = _meta_model(builder)
