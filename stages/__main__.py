@@ -159,15 +159,30 @@ def cmd_compare(args) -> int:
 
 def cmd_segment(args) -> int:
     """MNN only: no torch, onnx or onnxruntime is imported on this path."""
-    from stages.segment import parse_floats, parse_points, segment_file
+    from stages.segment import parse_floats, parse_points, recommended_models, segment_file
 
     mnn = args.root.resolve() / "build" / args.model / "mnn"
-    encoder = args.encoder or mnn / f"encoder.{args.variant}.mnn"
-    decoder = args.decoder or mnn / f"decoder.{args.variant}.mnn"
+    encoder = mnn / f"encoder.{args.variant}.mnn"
+    decoder = mnn / f"decoder.{args.variant}.mnn"
+    options: dict[str, dict] = {}
+    if args.variant == "recommended":
+        rec = recommended_models(args.root.resolve(), args.model)
+        if rec is None:
+            logging.warning("no MNN rows in reports/%s/recommended.csv (run `make all`): using the fp32 variant",
+                            args.model)
+            encoder, decoder = mnn / "encoder.fp32.mnn", mnn / "decoder.fp32.mnn"
+        else:
+            encoder, decoder = rec["encoder"]["path"], rec["decoder"]["path"]
+            options = {c: {"precision": r["precision"], **r["options"]} for c, r in rec.items()}
+            logging.info("recommended MNN models (fastest passing parity): %s",
+                         "; ".join(f"{r['path'].name} {options[c]}" for c, r in rec.items()))
+    if args.precision:
+        options = {c: {**options.get(c, {}), "precision": args.precision} for c in ("encoder", "decoder")}
+    encoder, decoder = args.encoder or encoder, args.decoder or decoder
     points = parse_points(args.points)
     labels = parse_floats(args.labels, "labels")
     box = parse_floats(args.box, "box")
-    res = segment_file(args.image, args.out, encoder, decoder, points, labels, box, args.threads, args.precision)
+    res = segment_file(args.image, args.out, encoder, decoder, points, labels, box, args.threads, options=options)
     t = res["timings_ms"]
     print(f"mask     {res['mask']}  ({100 * res['mask_fraction']:.1f}% of the image, predicted IoU "
           f"{res['iou_prediction']:.3f})\noverlay  {res['overlay']}")
@@ -208,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("segment", help="segment an image with the MNN models alone (image + prompt in, mask out)")
     p.add_argument("--model", default="vit_t", help="use build/MODEL/mnn/{encoder,decoder}.VARIANT.mnn")
     p.add_argument("--root", type=Path, default=ROOT)
-    p.add_argument("--variant", default="fp32", help="MNN variant (default fp32)")
+    p.add_argument("--variant", default="recommended",
+                   help="MNN variant; default: the fastest passing ones in reports/MODEL/recommended.csv, else fp32")
     p.add_argument("--encoder", type=Path, help="MNN encoder file (overrides --model/--variant)")
     p.add_argument("--decoder", type=Path, help="MNN decoder file (overrides --model/--variant)")
     p.add_argument("--image", type=Path, required=True)
@@ -217,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--box", help='x0,y0,x1,y1 in image pixels')
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "segment")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--precision", default="normal", help="MNN precision: normal, high, low, Low_BF16")
+    p.add_argument("--precision", help="MNN precision: normal, high, low, Low_BF16 (default: recommended, else normal)")
     p.set_defaults(func=cmd_segment)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

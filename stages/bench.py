@@ -38,10 +38,12 @@ class BenchCell:
     variant: str
     precision: str
     threads: int
+    mode: str = "default"
 
     @property
     def key(self) -> str:
-        return f"{self.component}/{self.runtime}-{self.backend}/{self.artifact}@{self.precision}/t{self.threads}"
+        mode = "" if self.mode == "default" else f"~{self.mode}"
+        return f"{self.component}/{self.runtime}-{self.backend}/{self.artifact}@{self.precision}{mode}/t{self.threads}"
 
 
 def artifact_name(runtime: str, variant: str) -> str:
@@ -69,8 +71,9 @@ def grid(sweep, convert_variants=()) -> list[BenchCell]:
                 for backend in rs.backends:
                     for variant in expand_variants(runtime, rs.variants, convert_variants):
                         for precision in rs.precisions:
-                            cells.append(BenchCell(component, runtime, backend, artifact_name(runtime, variant),
-                                                   variant, precision, threads))
+                            for mode in rs.modes:
+                                cells.append(BenchCell(component, runtime, backend, artifact_name(runtime, variant),
+                                                       variant, precision, threads, mode))
     return cells
 
 
@@ -120,7 +123,8 @@ def run(ctx) -> list[dict]:
         unavailable: dict[tuple[str, str], str | None] = {}
         for cell in tqdm(cells, desc="bench", unit="cell"):
             loads = workloads(sweep, cell.component, photo.shape[:2])
-            base = {"cell": cell.key, **vars(cell), "image": photo_name}
+            base = {"cell": cell.key, **vars(cell), "image": photo_name,
+                    "mode_options": _options_text(sweep.runtimes[cell.runtime].modes[cell.mode])}
             if (cell.runtime, cell.backend) not in unavailable:
                 unavailable[(cell.runtime, cell.backend)] = RUNTIMES[cell.runtime].unavailable(cell.backend)
             why = unavailable[(cell.runtime, cell.backend)]
@@ -139,6 +143,7 @@ def run(ctx) -> list[dict]:
                 "threads": cell.threads, "component": cell.component, "workloads": loads,
                 "encoder": str(art["encoder"]), "decoder": str(art["decoder"]), "feeds": str(feeds),
                 "timing": vars(sweep.timing), "root": str(ctx.root),
+                "options": sweep.runtimes[cell.runtime].modes[cell.mode],
             }, ctx.build / "logs" / f"bench-{cell.key.replace('/', '_')}.log", sweep.timeout_s)
             if not res.ok:
                 log.error("bench %s failed: %s", cell.key, res.why)
@@ -158,6 +163,10 @@ def run(ctx) -> list[dict]:
         r["out_h"], r["out_w"] = r.pop("out_size")
     _speedups(rows)
     return rows
+
+
+def _options_text(opts: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in opts.items()) or "-"
 
 
 def _speedups(rows: list[dict]) -> None:

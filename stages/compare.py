@@ -20,7 +20,7 @@ from stages.errors import PipelineError
 
 HIGHER_IS_BETTER = {"cosine": True, "mask_iou": True, "logits_within_tol": True, "rel_l2": False,
                     "iou_pred_abs": False}
-LAT_KEY = ["component", "runtime", "backend", "artifact", "precision", "threads", "points", "out_h", "out_w"]
+LAT_KEY = ["component", "runtime", "backend", "artifact", "precision", "mode", "threads", "points", "out_h", "out_w"]
 PAR_KEY = ["artifact", "precision", "component"]
 
 
@@ -73,6 +73,8 @@ def load_run(spec: str) -> Run:
     for name in ("parity", "latency"):
         f = path / f"{name}.csv"
         df = pd.read_csv(f) if f.exists() else None
+        if name == "latency" and df is not None and "mode" not in df.columns:
+            df["mode"] = "default"  # latency.csv from before sweep modes existed
         if df is not None and filters:
             if not set(filters) <= set(df.columns):
                 df = None  # e.g. parity.csv has no runtime/backend: a backend filter leaves it out

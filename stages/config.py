@@ -123,6 +123,24 @@ class BenchConfig:
 
 
 @dataclass
+class ProfileConfig:
+    """Per-op time profile of the MNN and onnxruntime artifacts (stages/profile.py)."""
+
+    variants: list[str] = field(default_factory=lambda: ["fp32"])  # MNN variants profiled; "all": every one
+    threads: int = 2
+    runs: int = 3  # profiled runs after one warm-up; per-op times are the median over runs
+    decoder_points: int = 1
+    decoder_out_size: list[int] = field(default_factory=lambda: [1200, 1800])
+    timeout_s: int = 900
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.runs < 1 or self.decoder_points < 1:
+            raise ValueError("profile.threads, profile.runs and profile.decoder_points must be >= 1")
+        if len(self.decoder_out_size) != 2 or min(self.decoder_out_size) < 1:
+            raise ValueError(f"profile.decoder_out_size: expected [height, width], got {self.decoder_out_size}")
+
+
+@dataclass
 class ModelConfig:
     name: str
     # family.arch: mobile_sam.vit_t, segment_anything.vit_b, ... or tiny.vit_t / tiny.vit_b for tests
@@ -135,6 +153,7 @@ class ModelConfig:
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     # where it was loaded from (not a YAML key)
     source: Path | None = field(default=None, compare=False)
@@ -334,6 +353,9 @@ class RuntimeSweep:
     backends: list[str]
     variants: list[str]  # torch: fp32; onnxruntime: onnx, onnx-sim; mnn: convert variants
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    # named sets of load/run options, each timed as its own cell (e.g. MNN's fixed-shape module loading,
+    # memory and power modes); "default" is the runtime's own defaults
+    modes: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
 
 
 @dataclass
@@ -364,6 +386,8 @@ class SweepConfig:
         for name, rs in self.runtimes.items():
             _check_choice("runtimes", name, tuple(RUNTIMES))
             RUNTIMES[name].check_sweep(rs.backends, rs.precisions)
+            for mode, opts in rs.modes.items():
+                RUNTIMES[name].check_mode(f"runtimes.{name}.modes.{mode}", opts)
         if isinstance(self.threads, str):
             _check_choice("threads", self.threads, ("auto",))
         elif not self.threads or any(t < 1 for t in self.threads):

@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 COMPONENTS = ("encoder", "decoder", "e2e")
 
 
+def with_modes(lat: pd.DataFrame) -> pd.DataFrame:
+    """latency.csv from before sweep modes existed has no mode columns: every cell ran in the default mode."""
+    if "mode" in lat.columns and "mode_options" in lat.columns:
+        return lat
+    return lat.assign(**{c: lat[c] if c in lat.columns else d for c, d in (("mode", "default"), ("mode_options", "-"))})
+
+
 def parity_verdicts(parity: pd.DataFrame | None) -> dict[tuple[str, str, str], str]:
     """(artifact, precision, component) -> 'pass' / 'FAIL (...)' from parity.csv."""
     out: dict[tuple[str, str, str], str] = {}
@@ -46,6 +53,7 @@ def verdict_for(row, verdicts) -> str:
 
 
 def fastest_table(lat: pd.DataFrame, verdicts) -> pd.DataFrame:
+    lat = with_modes(lat)
     ok = lat[lat["status"].str.startswith("ok")].copy()
     rows = []
     for component in COMPONENTS:
@@ -59,12 +67,63 @@ def fastest_table(lat: pd.DataFrame, verdicts) -> pd.DataFrame:
         for runtime, g in sub.groupby("runtime", sort=False):
             best = g.loc[g["p50_ms"].idxmin()]
             rows.append({"component": component, "workload": _workload(best), "runtime": runtime,
-                         "fastest cell": f"{best['artifact']}@{best['precision']} {best['backend']} t{best['threads']}",
+                         "fastest cell": f"{best['artifact']}@{best['precision']}{_mode(best)} {best['backend']} t{best['threads']}",
                          "p50 ms": round(best["p50_ms"], 1), "cv %": round(best["cv_pct"], 1),
                          "speed-up vs PyTorch": round(best["speedup_vs_torch"], 2),
                          "roofline %": round(100 * best["roofline_frac"], 1),
                          "peak RSS MB": round(best["peak_rss_mb"]), "parity": verdict_for(best, verdicts)})
     return pd.DataFrame(rows)
+
+
+def _passes(parity: pd.DataFrame | None, artifact: str, precision: str, component: str) -> pd.Series | None:
+    """The parity row of (artifact, precision, component) when it and the artifact's e2e row both pass."""
+    if parity is None:
+        return None
+    p = parity[(parity["artifact"] == artifact) & (parity["precision"] == precision)]
+    own, e2e = p[p["component"] == component], p[p["component"] == "e2e"]
+    if own.empty or e2e.empty or not bool(own["pass"].iloc[0]) or not bool(e2e["pass"].iloc[0]):
+        return None
+    return own.iloc[0].combine_first(e2e.iloc[0].rename({"mask_iou": "e2e_mask_iou"}))
+
+
+def recommended(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path = Path(".")) -> pd.DataFrame:
+    """Per component and runtime: the fastest benchmarked cell whose artifact passes parity (its own
+    component and end to end), at the highest thread count swept and, for the decoder, the heaviest workload."""
+    lat = with_modes(lat)
+    ok = lat[lat["status"].str.startswith("ok") & lat["component"].isin(["encoder", "decoder"])
+             & lat["backend"].isin(["CPU", "CPUExecutionProvider", "cpu"])]
+    rows = []
+    for component in ("encoder", "decoder"):
+        sub = ok[ok["component"] == component]
+        if sub.empty:
+            continue
+        sub = sub[sub["threads"] == sub["threads"].max()]
+        if component == "decoder":
+            top = sub.sort_values(["points", "out_h"], ascending=False).iloc[0]
+            sub = sub[(sub["points"] == top["points"]) & (sub["out_h"] == top["out_h"]) & (sub["out_w"] == top["out_w"])]
+        for runtime, g in sub.groupby("runtime", sort=False):
+            if runtime == "torch":
+                continue
+            for r in g.sort_values("p50_ms").itertuples():
+                precision = "fp32" if runtime == "onnxruntime" else r.precision
+                par = _passes(parity, r.artifact, precision, component)
+                if par is None:
+                    continue
+                path = root / str(par["artifact_path"])
+                rows.append({"component": component, "runtime": runtime, "artifact": r.artifact,
+                             "variant": r.variant, "precision": r.precision, "mode": getattr(r, "mode", "default"),
+                             "mode_options": getattr(r, "mode_options", "-"), "threads": r.threads,
+                             "workload": _workload(r._asdict()), "p50_ms": round(r.p50_ms, 1),
+                             "cosine": par.get("cosine"), "mask_iou": par.get("mask_iou"),
+                             "e2e_mask_iou": par.get("e2e_mask_iou"),
+                             "size_mb": round(path.stat().st_size / 1e6, 2) if path.is_file() else float("nan"),
+                             "path": str(par["artifact_path"]), "candidates": len(g)})
+                break
+    return pd.DataFrame(rows)
+
+
+def _mode(r) -> str:
+    return "" if r.get("mode", "default") == "default" else f"~{r['mode']}"
 
 
 def _workload(r) -> str:
@@ -74,6 +133,7 @@ def _workload(r) -> str:
 
 
 def plot_threads(lat: pd.DataFrame, path: Path) -> None:
+    lat = with_modes(lat)
     ok = lat[lat["status"].str.startswith("ok")]
     comps = [c for c in COMPONENTS if (ok["component"] == c).any()]
     if not comps:
@@ -93,10 +153,10 @@ def plot_threads(lat: pd.DataFrame, path: Path) -> None:
         if component == "decoder":
             top = sub.sort_values(["points", "out_h"], ascending=False).iloc[0]
             sub = sub[(sub["points"] == top["points"]) & (sub["out_h"] == top["out_h"])]
-        for (runtime, artifact, precision, backend), g in sub.groupby(["runtime", "artifact", "precision", "backend"]):
+        for (runtime, artifact, precision, backend, mode), g in sub.groupby(["runtime", "artifact", "precision", "backend", "mode"]):
             g = g.sort_values("threads")
             ax.plot(g["threads"], g["p50_ms"], marker="o", color=colors[artifact], ls=styles[precision],
-                    label=f"{runtime} {artifact}@{precision} ({backend})")
+                    label=f"{runtime} {artifact}@{precision}{'' if mode == 'default' else '~' + mode} ({backend})")
         ax.set_title(f"{component} ({_workload(sub.iloc[0])})")
         ax.set_xlabel("threads")
         ax.set_ylabel("p50 latency, ms")
@@ -109,7 +169,8 @@ def plot_threads(lat: pd.DataFrame, path: Path) -> None:
 
 
 def pareto_points(lat: pd.DataFrame, parity: pd.DataFrame | None, component: str) -> pd.DataFrame:
-    """Fastest latency per (artifact, precision) at the highest thread count, with its parity mask IoU."""
+    """Fastest latency per (artifact, precision, mode) at the highest thread count, with its parity mask IoU."""
+    lat = with_modes(lat)
     ok = lat[lat["status"].str.startswith("ok") & (lat["component"] == component)]
     if ok.empty:
         return pd.DataFrame()
@@ -118,14 +179,14 @@ def pareto_points(lat: pd.DataFrame, parity: pd.DataFrame | None, component: str
         top = ok.sort_values(["points", "out_h"], ascending=False).iloc[0]
         ok = ok[(ok["points"] == top["points"]) & (ok["out_h"] == top["out_h"])]
     pts = []
-    for (runtime, artifact, precision), g in ok.groupby(["runtime", "artifact", "precision"]):
+    for (runtime, artifact, precision, mode), g in ok.groupby(["runtime", "artifact", "precision", "mode"]):
         acc = 1.0 if runtime == "torch" else np.nan
         if parity is not None and runtime != "torch":
             p = parity[(parity["artifact"] == artifact) & (parity["component"] == component)
                        & (parity["precision"] == ("fp32" if runtime == "onnxruntime" else precision))]
             if not p.empty:
                 acc = float(p["mask_iou"].iloc[0] if component != "encoder" else p["cosine"].iloc[0])
-        pts.append({"label": f"{artifact}@{precision}", "runtime": runtime, "p50_ms": g["p50_ms"].min(), "accuracy": acc})
+        pts.append({"label": f"{artifact}@{precision}{'' if mode == 'default' else '~' + mode}", "runtime": runtime, "p50_ms": g["p50_ms"].min(), "accuracy": acc})
     df = pd.DataFrame(pts).dropna(subset=["accuracy"])
     df["pareto"] = [not ((df["p50_ms"] <= r.p50_ms) & (df["accuracy"] >= r.accuracy)
                          & ((df["p50_ms"] < r.p50_ms) | (df["accuracy"] > r.accuracy))).any()
@@ -184,7 +245,12 @@ def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots:
         out.append(f"Weights: {first['weights']}\n")
     out.append(f"Machine: {first['cpu']}, {first['cores']} cores. torch {first['torch_version']}, onnxruntime "
                f"{first['onnxruntime_version']}, MNN {first['mnn_version']}. Image: {first['image']}.\n")
-    out.append("## Fastest cell of each runtime\n")
+    out.append("## Recommended: the fastest variant that passes parity\n")
+    out.append("Per component and runtime, at the highest thread count swept (reports/"
+               f"{ctx.cfg.name}/recommended.csv; `make segment` loads the MNN rows' files and options).\n\n")
+    rec = recommended(lat, parity, ctx.root).drop(columns=["path", "candidates", "variant"], errors="ignore")
+    out.append(_md(rec.round({"cosine": 6, "mask_iou": 4, "e2e_mask_iou": 4}).astype(object).fillna("")))
+    out.append("\n## Fastest cell of each runtime\n")
     out.append(_md(fastest_table(lat, verdicts)))
     rates = lat.dropna(subset=["matmul_gflops"]).groupby("threads")["matmul_gflops"].first()
     out.append("\nRoofline: dense fp32 matmul " + ", ".join(f"{v:.0f} GFLOP/s at {t} thread(s)" for t, v in rates.items())
@@ -214,14 +280,18 @@ def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots:
 def run(ctx) -> list[dict]:
     lat_path = ctx.reports / "latency.csv"
     par_path = ctx.reports / "parity.csv"
-    lat = pd.read_csv(lat_path)
+    lat = with_modes(pd.read_csv(lat_path))
     parity = pd.read_csv(par_path) if par_path.exists() else None
     plots = {"threads": ctx.reports / "plots" / "latency_vs_threads.png",
              "pareto": ctx.reports / "plots" / "accuracy_vs_latency.png"}
     plot_threads(lat, plots["threads"])
     plot_pareto(lat, parity, plots["pareto"])
+    rec_path = ctx.reports / "recommended.csv"
+    rec = recommended(lat, parity, ctx.root)
+    with atomic_output(rec_path) as tmp:
+        rec.to_csv(tmp, index=False)
     summary = ctx.reports / "summary.md"
     with atomic_output(summary) as tmp:
         tmp.write_text(summary_markdown(ctx, lat, parity, plots))
     log.info("summary: %s", summary)
-    return [{"cell": p.name, **ctx.describe(p), "status": "ok"} for p in [summary, *plots.values()]]
+    return [{"cell": p.name, **ctx.describe(p), "status": "ok"} for p in [summary, rec_path, *plots.values()]]

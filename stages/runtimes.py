@@ -47,6 +47,19 @@ class Runtime:
             if p not in cls.precisions:
                 raise ValueError(f"runtimes.{cls.name}.precisions: {p!r} is not one of {', '.join(cls.precisions)}")
 
+    # load/run options a sweep mode may set: name -> allowed values
+    mode_options: dict[str, tuple] = {}
+
+    @classmethod
+    def check_mode(cls, where: str, opts: dict) -> None:
+        """Reject a mode option this runtime does not have, or a value it would silently ignore."""
+        for k, v in opts.items():
+            if k not in cls.mode_options:
+                known = ", ".join(cls.mode_options) or "none"
+                raise ValueError(f"{where}: {k!r} is not a {cls.name} option (options: {known})")
+            if v not in cls.mode_options[k]:
+                raise ValueError(f"{where}.{k}: {v!r} is not one of {', '.join(map(str, cls.mode_options[k]))}")
+
     @classmethod
     def unavailable(cls, backend: str) -> str | None:
         """None when `backend` can run here, else why not."""
@@ -97,9 +110,14 @@ class MnnRuntime(Runtime):
     name = "mnn"
     backends = tuple(MNN_BACKENDS)
     precisions = MNN_PRECISIONS
+    # memory/power: the runtime config's modes. shape_mutable=False: the module keeps the shapes of its
+    # first run (inputs of a new shape trigger a resize); rearrange=True: weights are laid out once at load.
+    mode_options = {"memory": ("low", "normal", "high"), "power": ("low", "normal", "high"),
+                    "shape_mutable": (True, False), "rearrange": (True, False)}
 
     def __init__(self, path: Path, threads: int = 1, precision: str = "normal", backend: str = "CPU",
-                 memory: str = "normal", power: str = "normal", **_):
+                 memory: str = "normal", power: str = "normal", shape_mutable: bool = True,
+                 rearrange: bool = False, **_):
         import MNN.expr as F
         import MNN.nn as nn
 
@@ -117,7 +135,8 @@ class MnnRuntime(Runtime):
         except Exception as e:  # e.g. "backend not support" for a GPU backend absent from this build
             raise PipelineError(f"MNN backend {backend} is not available in this MNN build ({e.__cause__ or e})") from None
         try:
-            self.module = nn.load_module_from_file(str(path), [], [], runtime_manager=self.runtime_manager)
+            self.module = nn.load_module_from_file(str(path), [], [], runtime_manager=self.runtime_manager,
+                                                   shape_mutable=shape_mutable, rearrange=rearrange)
         except Exception:  # MNN raises SystemError for a truncated or foreign file
             self.module = None
         if self.module is None:

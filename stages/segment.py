@@ -83,13 +83,17 @@ class Prediction:
 class MnnSamPredictor:
     """SamPredictor's interface over the converted MNN encoder and decoder."""
 
-    def __init__(self, encoder: Path, decoder: Path, threads: int = 2, precision: str = "normal", backend: str = "CPU"):
+    def __init__(self, encoder: Path, decoder: Path, threads: int = 2, precision: str = "normal", backend: str = "CPU",
+                 options: dict[str, dict] | None = None):
         for p in (encoder, decoder):
             if not Path(p).is_file():
                 raise PipelineError(f"MNN model {p} does not exist: run `make all` first, or pass its path")
         t0 = time.perf_counter()
-        self.encoder = MnnRuntime(Path(encoder), threads=threads, precision=precision, backend=backend)
-        self.decoder = MnnRuntime(Path(decoder), threads=threads, precision=precision, backend=backend)
+        options = options or {}  # per component: MnnRuntime keywords (precision, shape_mutable, ...)
+        self.encoder = MnnRuntime(Path(encoder), threads=threads, backend=backend,
+                                  **{"precision": precision, **options.get("encoder", {})})
+        self.decoder = MnnRuntime(Path(decoder), threads=threads, backend=backend,
+                                  **{"precision": precision, **options.get("decoder", {})})
         self.timings_ms = {"load": (time.perf_counter() - t0) * 1000}
         self.embeddings: np.ndarray | None = None
         self.original_size: tuple[int, int] | None = None
@@ -197,10 +201,36 @@ def parse_floats(text: str | None, what: str) -> np.ndarray | None:
         raise PipelineError(f"{what} {text!r}: expected comma-separated numbers") from None
 
 
+def parse_options(text: str) -> dict[str, object]:
+    """`shape_mutable=False rearrange=True` (recommended.csv's mode_options) -> runtime keyword arguments."""
+    out: dict[str, object] = {}
+    for kv in text.split():
+        if "=" in kv:
+            k, v = kv.split("=", 1)
+            out[k] = {"True": True, "False": False}.get(v, v)
+    return out
+
+
+def recommended_models(root: Path, model: str) -> dict[str, dict] | None:
+    """The MNN rows of reports/MODEL/recommended.csv (the fastest variant of each component that passes
+    parity): component -> {path, precision, options}. None when there is no such file or row."""
+    import csv
+
+    path = Path(root) / "reports" / model / "recommended.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = {r["component"]: r for r in csv.DictReader(f) if r.get("runtime") == "mnn"}
+    if not {"encoder", "decoder"} <= set(rows):
+        return None
+    return {c: {"path": Path(root) / rows[c]["path"], "precision": rows[c]["precision"],
+                "options": parse_options(rows[c].get("mode_options", ""))} for c in ("encoder", "decoder")}
+
+
 def segment_file(image_path: Path, out_dir: Path, encoder: Path, decoder: Path, points=None, labels=None, box=None,
-                 threads: int = 2, precision: str = "normal") -> dict[str, object]:
+                 threads: int = 2, precision: str = "normal", options: dict[str, dict] | None = None) -> dict[str, object]:
     """Read an image, segment it, write <stem>.mask.png and <stem>.overlay.jpg; return paths and phase times."""
-    predictor = MnnSamPredictor(encoder, decoder, threads=threads, precision=precision)
+    predictor = MnnSamPredictor(encoder, decoder, threads=threads, precision=precision, options=options)
     t0 = time.perf_counter()
     image = read_image(image_path)
     read_ms = (time.perf_counter() - t0) * 1000

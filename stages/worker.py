@@ -92,7 +92,7 @@ def bench(req: dict) -> dict:
 
     cls = RUNTIMES[req["runtime"]]
     opts = {"threads": req["threads"], "precision": req["precision"], "backend": req["backend"],
-            "root": req.get("root", ".")}
+            "root": req.get("root", "."), **req.get("options", {})}
     data = dict(np.load(req["feeds"]))
     rule = StopRule(**req["timing"])
     t0 = time.perf_counter()
@@ -142,7 +142,87 @@ def matmul_rate(req: dict) -> dict:
     return {"gflops": 2 * n**3 / p50 / 1e9, "threads_seen": torch.get_num_threads()}
 
 
-TASKS = {"mnnconvert": mnnconvert, "mnn_smoke": smoke_run, "infer": infer, "mnn_probe": mnn_probe,
+def profile(req: dict) -> dict:
+    """Per-op-type time of one model: MNN via Session callbacks, onnxruntime via its profiler."""
+    import collections
+    import json as _json
+
+    feeds = dict(np.load(req["feeds"]))
+    runs, threads = req["runs"], req["threads"]
+    per_run: list[dict[str, float]] = []
+    counts: collections.Counter = collections.Counter()
+    mflop: dict[str, float] = collections.defaultdict(float)
+    walls = []
+    if req["runtime"] == "mnn":
+        import MNN
+
+        interp = MNN.Interpreter(req["model"])
+        session = interp.createSession({"numThread": threads, "precision": "normal"})
+        inputs = interp.getSessionInputAll(session)
+        for name, t in inputs.items():
+            interp.resizeTensor(t, feeds[name].shape)
+        interp.resizeSession(session)
+        for name, t in inputs.items():
+            x = np.ascontiguousarray(feeds[name], dtype=np.float32)
+            t.copyFrom(MNN.Tensor(x.shape, MNN.Halide_Type_Float, x, MNN.Tensor_DimensionType_Caffe))
+        interp.runSession(session)  # warm-up
+        graph_ops = 0
+        for i in range(runs):
+            times: dict[str, float] = collections.defaultdict(float)
+            start: list[float] = [0.0]
+
+            def begin(tensors, info, start=start):
+                start[0] = time.perf_counter()
+                return True
+
+            def end(tensors, info, times=times, first=(i == 0), start=start):
+                k = info.getType()
+                times[k] += time.perf_counter() - start[0]
+                if first:
+                    counts[k] += 1
+                    mflop[k] += info.getFlops()
+                return True
+
+            t0 = time.perf_counter()
+            interp.runSessionWithCallBackInfo(session, begin, end)
+            walls.append(time.perf_counter() - t0)
+            per_run.append(times)
+        graph_ops = sum(counts.values())
+    else:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(req["result_file"]).with_suffix("")) + "-ort"
+        sess = ort.InferenceSession(req["model"], so, providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        f = {k: feeds[k] for k in names}
+        sess.run(None, f)  # warm-up
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sess.run(None, f)
+            walls.append(time.perf_counter() - t0)
+        trace = _json.loads(Path(sess.end_profiling()).read_text())
+        nodes = [e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        per_node = len(nodes) // (runs + 1)
+        for i in range(runs):
+            times = collections.defaultdict(float)
+            for e in nodes[(i + 1) * per_node:(i + 2) * per_node]:
+                times[e["args"]["op_name"]] += e["dur"] / 1e6
+            per_run.append(times)
+        for e in nodes[per_node:2 * per_node]:
+            counts[e["args"]["op_name"]] += 1
+            mflop[e["args"]["op_name"]] = float("nan")
+        graph_ops = per_node
+    ops = [{"type": k, "count": counts[k], "mflop": mflop[k],
+            "ms": float(np.median([r.get(k, 0.0) for r in per_run])) * 1000} for k in counts]
+    ops.sort(key=lambda o: -o["ms"])
+    return {"ops": ops, "ops_ms": sum(o["ms"] for o in ops), "wall_ms": float(np.median(walls)) * 1000,
+            "graph_ops": graph_ops}
+
+
+TASKS = {"mnnconvert": mnnconvert, "profile": profile, "mnn_smoke": smoke_run, "infer": infer, "mnn_probe": mnn_probe,
          "bench": bench, "matmul_rate": matmul_rate}
 
 

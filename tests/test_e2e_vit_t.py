@@ -17,13 +17,13 @@ from stages.samples import component_example
 def test_vit_t_pipeline_end_to_end(tmp_path, capsys):
     assert main(["run", "--model", "vit_t", "--root", str(tmp_path), "--sweep", "quick"]) == 0
     out = capsys.readouterr().out
-    stages = ("export_encoder", "export_decoder", "simplify", "convert", "parity", "bench", "report")
+    stages = ("export_encoder", "export_decoder", "simplify", "convert", "parity", "bench", "profile", "report")
     assert out.count(" ran ") == len(stages)
     for stage in stages:
         assert f"{stage}" in out
     reports = tmp_path / "reports" / "vit_t"
     convert = pd.read_csv(reports / "convert.csv")
-    assert sorted(convert["cell"]) == sorted(f"{c}-{v}" for c in ("encoder", "decoder") for v in ("fp32", "fp16", "wint8"))
+    assert sorted(convert["cell"]) == sorted(f"{c}-{v}" for c in ("encoder", "decoder") for v in ("fp32", "fp16", "wint8", "fp32-static", "fp32-fuse"))
     assert (convert["status"] == "ok").all()
     assert (convert["weights"] == "random-seed-0").all()
     export = pd.read_csv(reports / "export_encoder.csv").iloc[0]
@@ -46,4 +46,6 @@ def test_vit_t_pipeline_end_to_end(tmp_path, capsys):
     assert time.perf_counter() - t0 < 15
     assert capsys.readouterr().out.count("cached") == len(stages)
     parity = pd.read_csv(reports / "parity.csv")
-    assert parity["pass"].all() and len(parity) == 3 * 14  # (2 ONNX + 3 variants x 4 precisions) x 3 rows
+    # (2 ONNX + 3 variants x 4 precisions + fp32-static and fp32-fuse at normal) x 3 rows
+    assert parity["pass"].all() and len(parity) == 3 * 16
+    assert (reports / "profile.md").exists() and (reports / "recommended.csv").exists()

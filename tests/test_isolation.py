@@ -62,7 +62,7 @@ def test_converter_crash_fails_only_its_cell(fp32_only):
     # the next run resumes at convert and finishes it
     assert statuses(run_pipeline(cfg, root)) == {"export_encoder": "cached", "export_decoder": "cached",
                                                  "simplify": "cached", "convert": "ran", "parity": "ran",
-                                                 "bench": "ran", "report": "ran"}
+                                                 "bench": "ran", "profile": "ran", "report": "ran"}
 
 
 def test_onnxsim_attention_fusion_is_rejected_before_mnn_sees_it(tmp_path):

@@ -49,7 +49,8 @@ def test_correct_artifacts_pass_with_a_row_per_step(tiny_run):
     df = _parity(root)
     assert df["pass"].all() and (df["status"] == "ok").all()
     assert list(df.drop_duplicates("cell")["cell"]) == ["onnx@fp32", "onnx-sim@fp32", "mnn-fp32@normal",
-                                                       "mnn-fp32@high", "mnn-fp16@normal", "mnn-wint8@normal"]
+                                                       "mnn-fp32@high", "mnn-fp16@normal", "mnn-wint8@normal",
+                                                       "mnn-fp32-static@normal"]
     assert df["step"].is_monotonic_increasing
     assert set(df["component"]) == {"encoder", "decoder", "e2e"}
     assert (df["weights"] == "random-seed-0").all()

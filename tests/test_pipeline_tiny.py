@@ -19,10 +19,10 @@ REQUIRED_COLUMNS = {"model", "weights", "stage", "path", "bytes", "sha256", "sec
 def test_every_stage_ran(tiny_run):
     _, _, results = tiny_run
     assert statuses(results) == dict.fromkeys(["export_encoder", "export_decoder", "simplify", "convert", "parity",
-                                               "bench", "report"], "ran")
+                                               "bench", "profile", "report"], "ran")
 
 
-@pytest.mark.parametrize("stage,rows", [("export_encoder", 1), ("export_decoder", 1), ("simplify", 2), ("convert", 6)])
+@pytest.mark.parametrize("stage,rows", [("export_encoder", 1), ("export_decoder", 1), ("simplify", 2), ("convert", 8)])
 def test_reports_have_one_row_per_artifact_with_provenance(tiny_run, stage, rows):
     root, cfg, _ = tiny_run
     df = pd.read_csv(root / "reports" / cfg.name / f"{stage}.csv")

@@ -102,8 +102,8 @@ def test_backends_side_by_side_from_one_run(tmp_path):
     b = load_run(f"{r}::runtime=mnn,backend=CPU,artifact=mnn-fp32,precision=normal")
     lat = compare_runs(a, b, CFG).query("kind == 'latency'").set_index("cell")
     # the filtered columns drop out of the key: cells match by component, threads and workload
-    assert set(lat.index) == {"encoder/2/1/1200/1800", "decoder/2/1/1200/1800"}
-    assert lat.loc["encoder/2/1/1200/1800", "note"].startswith("x")
+    assert set(lat.index) == {"encoder/default/2/1/1200/1800", "decoder/default/2/1/1200/1800"}
+    assert lat.loc["encoder/default/2/1/1200/1800", "note"].startswith("x")
 
 
 def test_regress_cli_fails_with_a_table_and_passes_on_its_own_baseline(tmp_path, capsys):

@@ -1,0 +1,151 @@
+"""Fast-MNN switches: static-shape conversion, runtime modes in the sweep, the per-op profile, and the
+recommended (fastest passing) variant that the MNN-only segment runtime loads by default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.bench import grid
+from stages.config import load_sweep
+from stages.convert import static_flags
+from stages.errors import ConfigError
+from stages.preprocess import decoder_feeds
+from stages.report import recommended
+from stages.runtimes import MnnRuntime
+from stages.segment import parse_options, recommended_models
+
+
+def _build(tiny_run) -> Path:
+    root, cfg, _ = tiny_run
+    return root / "build" / cfg.name
+
+
+def test_static_flags_write_the_input_config_or_say_why_not(tiny_run, tmp_path):
+    onnx_dir = _build(tiny_run) / "onnx"
+    flags, static = static_flags(onnx_dir / "encoder.sim.onnx", ["--saveStaticModel", "--fp16"], tmp_path)
+    assert static == "yes"
+    conf = Path(flags[flags.index("--inputConfigFile") + 1]).read_text()
+    assert "input_size = 1" in conf and "input_names = image" in conf and "input_dims = 1x3x1024x1024" in conf
+    flags, static = static_flags(onnx_dir / "decoder.sim.onnx", ["--saveStaticModel", "--fp16"], tmp_path)
+    assert flags == ["--fp16"]
+    assert static.startswith("no: input point_coords has dynamic shape")
+    assert static_flags(onnx_dir / "encoder.sim.onnx", ["--fp16"], tmp_path) == (["--fp16"], "no")
+
+
+def test_static_encoder_has_fewer_ops_and_passes_parity(tiny_run):
+    root, cfg, _ = tiny_run
+    reports = root / "reports" / cfg.name
+    conv = pd.read_csv(reports / "convert.csv").set_index("cell")
+    assert conv.loc["encoder-fp32-static", "static_shapes"] == "yes"
+    assert conv.loc["decoder-fp32-static", "static_shapes"].startswith("no: input point_coords")
+    prof = pd.read_csv(reports / "profile.csv")
+    enc = prof[prof["component"] == "encoder"].groupby("artifact")["graph_ops"].first()
+    # the session's op count (after MNN's geometry pass) is not larger; the file itself holds far fewer ops
+    assert enc["mnn-fp32-static"] <= enc["mnn-fp32"]
+    parity = pd.read_csv(reports / "parity.csv")
+    static = parity[parity["artifact"] == "mnn-fp32-static"]
+    assert len(static) == 3 and static["pass"].all()
+
+
+def test_fixed_shape_module_gives_the_same_outputs_when_shapes_change(tiny_run):
+    dec = _build(tiny_run) / "mnn" / "decoder.fp32.mnn"
+    a = MnnRuntime(dec, threads=1)
+    b = MnnRuntime(dec, threads=1, shape_mutable=False, rearrange=True)
+    emb = np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    for n, size in [(1, (300, 451)), (4, (120, 90)), (2, (300, 451))]:
+        pts = np.random.default_rng(n).uniform(0, 80, (n, 2)).astype(np.float32)
+        feeds = decoder_feeds(emb, pts, np.ones(n, np.float32), size)
+        ra, rb = a.run(feeds), b.run(feeds)
+        assert rb["masks"].shape == (1, 1, *size)
+        for k in ra:
+            np.testing.assert_array_equal(ra[k], rb[k])
+
+
+def test_modes_are_cells_and_bad_mode_options_are_named(tmp_path):
+    sweep = load_sweep("quick")
+    modes = {c.mode for c in grid(sweep) if c.runtime == "mnn"}
+    assert modes == {"default", "fixed"}
+    keys = [c.key for c in grid(sweep)]
+    assert len(keys) == len(set(keys)) and any("~fixed" in k for k in keys)
+    for edit, match in [({"shape_mutabel": False}, "'shape_mutabel' is not a mnn option"),
+                        ({"power": "turbo"}, "power: 'turbo' is not one of low, normal, high")]:
+        path = tmp_path / "sweep.yaml"
+        path.write_text(json.dumps({"runtimes": {"mnn": {"backends": ["CPU"], "variants": ["fp32"],
+                                                         "precisions": ["normal"], "modes": {"m": edit}}}}))
+        with pytest.raises(ConfigError, match=match) as e:
+            load_sweep(str(path))
+        assert str(path) in str(e.value) and "runtimes.mnn.modes.m" in str(e.value)
+    path.write_text(json.dumps({"runtimes": {"onnxruntime": {"backends": ["CPUExecutionProvider"], "variants": ["onnx"],
+                                                             "modes": {"m": {"rearrange": True}}}}}))
+    with pytest.raises(ConfigError, match="not a onnxruntime option"):
+        load_sweep(str(path))
+
+
+def test_profile_rows_add_up_and_name_where_time_goes(tiny_run):
+    root, cfg, _ = tiny_run
+    prof = pd.read_csv(root / "reports" / cfg.name / "profile.csv")
+    assert (prof["status"] == "ok").all()
+    assert set(prof["runtime"]) == {"mnn", "onnxruntime"} and set(prof["component"]) == {"encoder", "decoder"}
+    for _, g in prof.groupby(["component", "artifact"]):
+        assert (g["ms"] >= 0).all() and (g["count"] >= 1).all()
+        assert g["ms"].sum() == pytest.approx(g["ops_total_ms"].iloc[0], rel=0.02, abs=0.05)
+        assert g["share_pct"].sum() == pytest.approx(100, abs=1)
+    conv = prof[(prof["runtime"] == "mnn") & (prof["op_type"] == "Convolution") & (prof["component"] == "encoder")]
+    assert (conv["gflop"] > 0).all() and (conv["roofline_frac"] > 0).all()
+    text = (root / "reports" / cfg.name / "profile.md").read_text()
+    assert "## encoder" in text and "## decoder" in text and "mnn-fp32-static" in text
+
+
+def _lat(**kw):
+    base = {"component": "encoder", "runtime": "mnn", "backend": "CPU", "precision": "normal", "mode": "default",
+            "mode_options": "-", "threads": 2, "points": 0, "out_h": 10, "out_w": 10, "status": "ok"}
+    return {**base, **kw}
+
+
+def _par(artifact, component, ok, **kw):
+    return {"artifact": artifact, "precision": "normal", "component": component, "pass": ok,
+            "cosine": 0.99, "mask_iou": 0.98, "artifact_path": f"build/m/mnn/{component}.x.mnn", **kw}
+
+
+def test_recommended_is_the_fastest_that_passes_parity():
+    lat = pd.DataFrame([
+        _lat(artifact="mnn-fast", variant="fast", p50_ms=10.0),               # fails parity
+        _lat(artifact="mnn-ok", variant="ok", p50_ms=20.0, mode="fixed", mode_options="shape_mutable=False"),
+        _lat(artifact="mnn-ok", variant="ok", p50_ms=25.0),
+        _lat(artifact="mnn-ok", variant="ok", p50_ms=5.0, threads=1),        # not the top thread count
+        _lat(artifact="mnn-slow", variant="slow", p50_ms=30.0),
+        _lat(artifact="mnn-gpu", variant="ok", p50_ms=1.0, backend="OpenCL"),
+    ])
+    parity = pd.DataFrame([_par("mnn-fast", "encoder", False), _par("mnn-fast", "e2e", False),
+                           _par("mnn-ok", "encoder", True), _par("mnn-ok", "e2e", True, mask_iou=0.97),
+                           _par("mnn-slow", "encoder", True), _par("mnn-slow", "e2e", True)])
+    rec = recommended(lat, parity)
+    assert len(rec) == 1
+    r = rec.iloc[0]
+    assert (r["artifact"], r["mode"], r["p50_ms"], r["threads"]) == ("mnn-ok", "fixed", 20.0, 2)
+    assert r["e2e_mask_iou"] == 0.97
+    # an artifact whose e2e row fails is not recommended even if its own component passes
+    parity.loc[(parity["artifact"] == "mnn-ok") & (parity["component"] == "e2e"), "pass"] = False
+    assert recommended(lat, parity).iloc[0]["artifact"] == "mnn-slow"
+
+
+def test_segment_defaults_to_the_recommended_files(tmp_path):
+    assert recommended_models(tmp_path, "m") is None
+    (tmp_path / "reports" / "m").mkdir(parents=True)
+    pd.DataFrame([
+        {"component": "encoder", "runtime": "onnxruntime", "precision": "fp32", "mode_options": "-", "path": "x.onnx"},
+        {"component": "encoder", "runtime": "mnn", "precision": "normal", "mode_options": "shape_mutable=False rearrange=True",
+         "path": "build/m/mnn/encoder.fp32-static.mnn"},
+        {"component": "decoder", "runtime": "mnn", "precision": "low", "mode_options": "-",
+         "path": "build/m/mnn/decoder.fp32.mnn"},
+    ]).to_csv(tmp_path / "reports" / "m" / "recommended.csv", index=False)
+    rec = recommended_models(tmp_path, "m")
+    assert rec["encoder"]["path"] == tmp_path / "build/m/mnn/encoder.fp32-static.mnn"
+    assert rec["encoder"]["options"] == {"shape_mutable": False, "rearrange": True}
+    assert rec["decoder"]["precision"] == "low" and rec["decoder"]["options"] == {}
+    assert parse_options("memory=low power=high") == {"memory": "low", "power": "high"}
