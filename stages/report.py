@@ -142,11 +142,14 @@ def plot_threads(lat: pd.DataFrame, path: Path) -> None:
         ax.axis("off")
         _save(fig, path)
         return
-    # colour: the artifact (torch, onnx-sim, mnn-fp32, ...); line style: the runtime precision
+    # colour: the artifact (torch, onnx-sim, mnn-fp32, ...); line style: the runtime precision;
     palette = plt.get_cmap("tab10").colors
     colors = {a: palette[i % 10] for i, a in enumerate(sorted(ok["artifact"].unique()))}
     dashes = ["-", "--", ":", "-."]
     styles = {p: dashes[i % 4] for i, p in enumerate(sorted(ok["precision"].unique()))}
+    # marker: the runtime mode (load/run options)
+    modes = ["default", *sorted(set(ok["mode"]) - {"default"})]
+    markers = {m: "osD^vP*X"[i % 8] for i, m in enumerate(modes)}
     fig, axes = plt.subplots(1, len(comps), figsize=(6 * len(comps), 4.8), squeeze=False)
     for ax, component in zip(axes[0], comps, strict=True):
         sub = ok[ok["component"] == component]
@@ -155,7 +158,7 @@ def plot_threads(lat: pd.DataFrame, path: Path) -> None:
             sub = sub[(sub["points"] == top["points"]) & (sub["out_h"] == top["out_h"])]
         for (runtime, artifact, precision, backend, mode), g in sub.groupby(["runtime", "artifact", "precision", "backend", "mode"]):
             g = g.sort_values("threads")
-            ax.plot(g["threads"], g["p50_ms"], marker="o", color=colors[artifact], ls=styles[precision],
+            ax.plot(g["threads"], g["p50_ms"], marker=markers[mode], color=colors[artifact], ls=styles[precision],
                     label=f"{runtime} {artifact}@{precision}{'' if mode == 'default' else '~' + mode} ({backend})")
         ax.set_title(f"{component} ({_workload(sub.iloc[0])})")
         ax.set_xlabel("threads")
