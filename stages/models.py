@@ -136,14 +136,57 @@ def warn_if_random(cfg, root: Path) -> None:
         )
 
 
-def load_state_dict_strict(model: torch.nn.Module, state: dict, source: str, builder: str) -> None:
-    """Strict load whose error names missing and unexpected keys and shape mismatches."""
+# The official checkpoints (sam_vit_{b,l,h}_*.pth, mobile_sam.pt) are Sam.state_dict(): keys
+# image_encoder.*, prompt_encoder.*, mask_decoder.*. The image encoder's first layer tells the type apart.
+SAM_PATCH_EMBED = "image_encoder.patch_embed.proj.weight"  # ViT: [embed_dim, 3, 16, 16]
+SAM_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+TINYVIT_STEM = "image_encoder.patch_embed.seq.0.c.weight"  # MobileSAM's TinyViT conv stem
+
+
+def unwrap_state(state: object, source: str) -> dict:
+    """The state dict inside a checkpoint: as saved, or under a "model" key (training checkpoints)."""
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict) and not any(
         k.startswith(("image_encoder.", "mask_decoder.")) for k in state
     ):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PipelineError(f"checkpoint {source}: expected a state dict of tensors, got {type(state).__name__}")
+        raise PipelineError(f"checkpoint {source}: expected a state dict of tensors (the official SAM layout: "
+                            f"image_encoder.*, prompt_encoder.*, mask_decoder.*), got {type(state).__name__}")
+    return state
+
+
+def checkpoint_type(state: dict) -> tuple[str | None, str]:
+    """(model type, evidence) of a state dict in the official layout; (None, "") when it cannot tell."""
+    if SAM_PATCH_EMBED in state and state[SAM_PATCH_EMBED].ndim == 4:
+        width = int(state[SAM_PATCH_EMBED].shape[0])
+        found = SAM_WIDTHS.get(width)
+        return found, f"{SAM_PATCH_EMBED} is {width} wide" if found else ""
+    if TINYVIT_STEM in state:
+        return "vit_t", f"it has MobileSAM's TinyViT stem ({TINYVIT_STEM})"
+    return None, ""
+
+
+def expected_type(builder: str) -> str | None:
+    """vit_b for segment_anything.vit_b etc.; None for test builders."""
+    family, _, arch = builder.partition(".")
+    return arch if family in ("segment_anything", "mobile_sam") else None
+
+
+def check_checkpoint_type(state: dict, source: str, builder: str) -> None:
+    """Fail before building anything when a checkpoint is plainly of another model type."""
+    want = expected_type(builder)
+    found, evidence = checkpoint_type(state)
+    if want and found and found != want:
+        raise PipelineError(
+            f"checkpoint {source} is a {found} checkpoint ({evidence}), but this config builds {want} "
+            f"({builder}): expected a {want} checkpoint. Point 'checkpoint' at a {want} file, or run "
+            f"the model config for {found} (configs/models/{found}.yaml)."
+        )
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict, source: str, builder: str) -> None:
+    """Strict load whose error names missing and unexpected keys and shape mismatches."""
+    state = unwrap_state(state, source)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -167,16 +210,32 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict, source: str, bui
     model.load_state_dict(state, strict=True)
 
 
+def _load_checkpoint(path: Path) -> object:
+    """torch.load(weights_only=True), memory-mapped when the file's format allows (a vit_h checkpoint is
+    2.5 GB: mapped, its tensors are not held twice while they are copied into the model)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zipfile) format
+
+
 def build_model(cfg, root: Path) -> tuple[torch.nn.Module, str]:
     """The configured SAM in eval mode, and its weights tag."""
     tag = weights_tag(cfg, root)
-    torch.manual_seed(cfg.seed)
-    model = BUILDERS[cfg.builder]()
+    state = None
     if tag.startswith("ckpt-"):
         ckpt = cfg.checkpoint_path(root)
         try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            state = _load_checkpoint(ckpt)
         except Exception as e:  # truncated file, pickle with code, not a torch file
             raise PipelineError(f"checkpoint {ckpt} cannot be loaded with torch.load(weights_only=True): {e}") from None
-        load_state_dict_strict(model, state, str(ckpt), cfg.builder)
+        state = unwrap_state(state, str(ckpt))
+        check_checkpoint_type(state, str(ckpt), cfg.builder)  # before building a 2.5 GB model for nothing
+    torch.manual_seed(cfg.seed)
+    model = BUILDERS[cfg.builder]()
+    if state is not None:
+        load_state_dict_strict(model, state, str(cfg.checkpoint_path(root)), cfg.builder)
+        del state
     return model.eval(), tag

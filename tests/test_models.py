@@ -62,3 +62,50 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(PipelineError, match=r"tiny_vit_t.pt cannot be loaded with torch.load\(weights_only=True\)"):
         build_model(cfg, tmp_path)
+
+
+def _official_cfg(tmp_path, model: str, ckpt):
+    """configs/models/MODEL.yaml with its checkpoint key pointing at `ckpt`."""
+    from stages.config import CONFIG_DIR, read_yaml
+
+    data = read_yaml(CONFIG_DIR / "models" / f"{model}.yaml")
+    data["checkpoint"] = str(ckpt)
+    path = tmp_path / f"{model}.yaml"
+    path.write_text(__import__("yaml").safe_dump(data))
+    return load_model_config(str(path))
+
+
+@pytest.mark.parametrize("model", ["vit_t", "vit_b"])
+def test_official_key_layout_loads(tmp_path, model):
+    """The official checkpoints are Sam.state_dict(); one saved from the seeded model loads strictly."""
+    torch.manual_seed(11)
+    source = BUILDERS[f"{'mobile_sam' if model == 'vit_t' else 'segment_anything'}.{model}"]()
+    state = source.state_dict()
+    assert any(k.startswith("image_encoder.") for k in state) and any(k.startswith("mask_decoder.") for k in state)
+    torch.save(state, tmp_path / "official.pth")
+    model_, tag = build_model(_official_cfg(tmp_path, model, tmp_path / "official.pth"), tmp_path)
+    assert tag.startswith("ckpt-")
+    for k in ("image_encoder.patch_embed.proj.weight" if model == "vit_b" else
+              "image_encoder.patch_embed.seq.0.c.weight", "mask_decoder.iou_token.weight"):
+        assert torch.equal(model_.state_dict()[k], state[k]), k
+    # also as a training checkpoint ({"model": state_dict})
+    torch.save({"model": state, "epoch": torch.tensor(3)}, tmp_path / "train.pth")
+    model_, _ = build_model(_official_cfg(tmp_path, model, tmp_path / "train.pth"), tmp_path)
+    assert torch.equal(model_.state_dict()["mask_decoder.iou_token.weight"], state["mask_decoder.iou_token.weight"])
+
+
+@pytest.mark.parametrize("have,want", [("vit_b", "vit_h"), ("vit_t", "vit_l"), ("vit_b", "vit_t")])
+def test_checkpoint_of_the_wrong_model_type_names_the_expected_type(tmp_path, have, want):
+    torch.manual_seed(0)
+    builder = f"{'mobile_sam' if have == 'vit_t' else 'segment_anything'}.{have}"
+    torch.save(BUILDERS[builder]().state_dict(), tmp_path / "wrong.pth")
+    with pytest.raises(PipelineError) as err:
+        build_model(_official_cfg(tmp_path, want, tmp_path / "wrong.pth"), tmp_path)
+    msg = str(err.value)
+    assert f"is a {have} checkpoint" in msg and f"expected a {want} checkpoint" in msg and "wrong.pth" in msg
+
+
+def test_checkpoint_that_is_not_a_state_dict_says_what_was_expected(tmp_path):
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    with pytest.raises(PipelineError, match=r"tensor.pth: expected a state dict of tensors \(the official SAM layout"):
+        build_model(_official_cfg(tmp_path, "vit_b", tmp_path / "tensor.pth"), tmp_path)
