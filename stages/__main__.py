@@ -84,7 +84,10 @@ def cmd_status(args) -> int:
             print(f"{s.name:<16} needs {missing[0]}")
             continue
         reason = why_stale(s, stage_state(s, ctx, lock, report_path(ctx)), lock)
-        print(f"{s.name:<16} {'up to date' if reason is None else 'will run: ' + reason}")
+        last = lock.data["stages"].get(s.name, {})
+        took = (f"  (last run {last['seconds']:.0f} s, peak {last['peak_rss_mb']:.0f} MB)"
+                if "seconds" in last and "peak_rss_mb" in last else "")
+        print(f"{s.name:<16} {'up to date' if reason is None else 'will run: ' + reason}{took}")
     return 0
 
 

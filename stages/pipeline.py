@@ -258,6 +258,13 @@ class Lock:
         self.data.setdefault("files", {})
 
     def file_hash(self, path: Path) -> str:
+        """sha256 of a file; for an artifact with external weights beside it, of the file and those."""
+        side = artifacts.sidecars(path)
+        if not side:
+            return self._one_hash(path)
+        return hashlib.sha256("+".join(self._one_hash(q) for q in [path, *side]).encode()).hexdigest()
+
+    def _one_hash(self, path: Path) -> str:
         st = path.stat()
         key = str(path)
         hit = self.data["files"].get(key)
@@ -339,6 +346,8 @@ class StageResult:
     status: str  # ran | cached | failed | skipped
     seconds: float = 0.0
     detail: str = ""
+    peak_rss_mb: float = float("nan")  # the largest peak resident memory of the stage's process or a worker
+    peak_tree_mb: float = float("nan")  # the peak of their sum, sampled every 0.25 s
 
 
 def provenance(ctx: StageContext) -> dict[str, Any]:
@@ -432,24 +441,158 @@ def run_pipeline(
     return results
 
 
+# Heavy modules the stage processes start from: imported once by multiprocessing's fork server, so each
+# stage process forks from it in about 0.1 s instead of importing torch again (about 3 s).
+_PRELOAD = ["torch", "onnx", "onnxruntime", "numpy", "pandas", "stages.models", "stages.artifacts"]
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process or of any child it waited for (the stage's workers), in MB."""
+    import resource
+
+    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return round(kib / 1024, 1)
+
+
+def _stage_child(module_name: str, ctx: StageContext, queue, env: dict[str, str], level: int) -> None:
+    """Body of a stage's own process: run the module, send log records and the outcome to the parent."""
+    import logging.handlers
+    import signal
+
+    os.environ.clear()
+    os.environ.update(env)  # the parent's environment now, not the fork server's from when it started
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # unwind: temp files are removed on the way out
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    root = logging.getLogger()
+    root.handlers = [logging.handlers.QueueHandler(queue)]
+    root.setLevel(level)
+    try:
+        rows = importlib.import_module(module_name).run(ctx)
+        queue.put(("ok", rows, "", peak_rss_mb()))
+    except PipelineError as e:
+        queue.put(("error", str(e), "", peak_rss_mb()))
+    except KeyboardInterrupt:
+        queue.put(("interrupted", "", "", peak_rss_mb()))
+    except Exception as e:  # a bug or a tool's exception: the stage fails, the run goes on
+        queue.put(("error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=-3), peak_rss_mb()))
+
+
+def _in_own_process(stage: Stage, ctx: StageContext) -> tuple[str, Any, str, float]:
+    """Run the stage in its own process, so its memory is freed when it ends and its peak is its own, and a
+    native crash or the kernel's OOM killer fails this stage instead of the whole run."""
+    import multiprocessing
+    import queue as queue_mod
+
+    mp = multiprocessing.get_context("forkserver")
+    mp.set_forkserver_preload(_PRELOAD)
+    q = mp.Queue()
+    proc = mp.Process(target=_stage_child, name=f"stage-{stage.name}",
+                      args=(stage.module, ctx, q, dict(os.environ), logging.getLogger().getEffectiveLevel()))
+    proc.start()
+    sampler = TreeMemory(proc.pid)
+    outcome = None
+    try:
+        while outcome is None:
+            try:
+                item = q.get(timeout=0.2)
+            except queue_mod.Empty:
+                if not proc.is_alive():
+                    try:
+                        item = q.get(timeout=1.0)
+                    except queue_mod.Empty:
+                        break
+                else:
+                    continue
+            if isinstance(item, logging.LogRecord):
+                logging.getLogger(item.name).handle(item)
+            else:
+                outcome = item
+        proc.join()
+    except BaseException:  # Ctrl-C / SIGTERM here: stop the stage the same way, then go on unwinding
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for d in {o.parent for o in stage.outs}:
+            artifacts.remove_partials(d)
+        raise
+    finally:
+        q.close()
+        sampler.stop()
+    if outcome is None:
+        from stages.isolate import describe_exit
+
+        why = describe_exit(proc.exitcode)
+        if proc.exitcode == -9:
+            why += " (SIGKILL: often the kernel's out-of-memory killer; see `dmesg`)"
+        return "error", f"stage process {why}", "", float("nan"), sampler.peak_mb
+    if outcome[0] == "interrupted":
+        raise KeyboardInterrupt
+    return (*outcome, sampler.peak_mb)
+
+
+class TreeMemory:
+    """Samples the summed resident memory of a process and all its descendants (a stage and its workers
+    run at the same time: the PyTorch reference in the stage, a runtime in a worker), every `every` s."""
+
+    def __init__(self, pid: int, every: float = 0.25):
+        import threading
+
+        self.peak_mb = 0.0
+        self._pid, self._every = pid, every
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"memory-{pid}")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self._pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._done.is_set():
+            total = 0
+            for p in [root, *self._children(root)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak_mb = max(self.peak_mb, round(total / 2**20, 1))
+            self._done.wait(self._every)
+
+    @staticmethod
+    def _children(root) -> list:
+        import psutil
+
+        try:
+            return root.children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def _run_stage(stage: Stage, ctx: StageContext, state: dict, lock: Lock, report: Path) -> StageResult:
     t0 = time.perf_counter()
     lock.data["stages"].pop(stage.name, None)  # a stage that starts is not finished until it says so
     lock.save()
-    try:
-        module = importlib.import_module(stage.module)
-        rows = module.run(ctx)
-    except PipelineError as e:
-        log.error("[%s] failed: %s", stage.name, e)
-        _write_failure_report(ctx, report, str(e))
-        return StageResult(stage.name, "failed", time.perf_counter() - t0, str(e))
-    except Exception as e:  # a bug or a tool's exception: the stage fails, the run goes on
-        tb = traceback.format_exc(limit=-3)
-        log.error("[%s] failed with %s: %s\n%s", stage.name, type(e).__name__, e, tb)
-        _write_failure_report(ctx, report, f"{type(e).__name__}: {e}")
-        return StageResult(stage.name, "failed", time.perf_counter() - t0, f"{type(e).__name__}: {e}")
+    kind, rows, tb, peak, tree = _in_own_process(stage, ctx)
+    memory = {"stage_peak_rss_mb": peak, "stage_peak_tree_mb": tree}
+    if kind == "error":
+        log.error("[%s] failed: %s%s", stage.name, rows, f"\n{tb}" if tb else "")
+        _write_failure_report(ctx, report, rows, memory)
+        return StageResult(stage.name, "failed", time.perf_counter() - t0, rows, peak, tree)
     seconds = time.perf_counter() - t0
-    rows = finish_rows(ctx, rows)
+    rows = finish_rows(ctx, [{**r, **memory} for r in rows])
     artifacts.write_csv(report, rows, first=["model", "weights", "stage"])
     bad = [r for r in rows if str(r.get("status", "ok")).startswith("failed")]
     below = [r for r in rows if r.get("pass") is False and r not in bad]
@@ -461,25 +604,31 @@ def _run_stage(stage: Stage, ctx: StageContext, state: dict, lock: Lock, report:
                               if below else [])
                            + [f"output {o} was not made" for o in missing if not bad])
         log.error("[%s] failed: %s", stage.name, detail)
-        return StageResult(stage.name, "failed", seconds, detail)
+        return StageResult(stage.name, "failed", seconds, detail, peak, tree)
     state = dict(state)
     state["out_files"] = {o: lock.file_hash(Path(o)) for o in state["outs"]}
     state["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     state["seconds"] = round(seconds, 2)
+    state["peak_rss_mb"] = peak
+    state["peak_tree_mb"] = tree
     lock.data["stages"][stage.name] = state
     lock.save()
-    log.info("[%s] done in %.1f s -> %s", stage.name, seconds, report)
-    return StageResult(stage.name, "ran", seconds)
+    log.info("[%s] done in %.1f s, peak memory %.0f MB (one process), %.0f MB (stage and workers together) -> %s",
+             stage.name, seconds, peak, tree, report)
+    return StageResult(stage.name, "ran", seconds, peak_rss_mb=peak, peak_tree_mb=tree)
 
 
-def _write_failure_report(ctx: StageContext, report: Path, why: str) -> None:
+def _write_failure_report(ctx: StageContext, report: Path, why: str, memory: dict | None = None) -> None:
     """A stage that raised still leaves a report saying so (its artifacts stay as they were)."""
-    rows = finish_rows(ctx, [{"cell": c.key, "status": f"failed: {why}"} for c in ctx.cells])
+    rows = finish_rows(ctx, [{"cell": c.key, "status": f"failed: {why}", **(memory or {})} for c in ctx.cells])
     artifacts.write_csv(report, rows, first=["model", "weights", "stage"])
 
 
 def summary_table(results: list[StageResult]) -> str:
-    lines = [f"{'stage':<16} {'status':<8} {'seconds':>8}  detail"]
+    lines = [f"{'stage':<16} {'status':<8} {'seconds':>8} {'peak MB':>8} {'all MB':>8}  detail"]
     for r in results:
-        lines.append(f"{r.stage:<16} {r.status:<8} {r.seconds:>8.1f}  {r.detail[:200]}")
+        peak, tree = ("" if v != v else f"{v:.0f}" for v in (r.peak_rss_mb, r.peak_tree_mb))
+        lines.append(f"{r.stage:<16} {r.status:<8} {r.seconds:>8.1f} {peak:>8} {tree:>8}  {r.detail[:200]}")
+    lines.append("peak MB: the largest process of the stage (kernel's maxrss); all MB: the stage and its workers "
+                 "summed (sampled)")
     return "\n".join(lines)

@@ -109,10 +109,19 @@ def test_unwritable_output_folder_is_named(tmp_path, capsys):
 
 SITECUSTOMIZE = '''
 import socket, sys
+# network sockets are refused; Unix-domain sockets (local IPC: multiprocessing's fork server, which
+# runs each stage) are not network access and stay allowed
+_connect, _connect_ex = socket.socket.connect, socket.socket.connect_ex
 def _refuse(*a, **k):
     raise OSError("network access attempted during a test that forbids it")
-socket.socket.connect = _refuse
-socket.socket.connect_ex = _refuse
+def _local_only(real):
+    def call(self, *a, **k):
+        if self.family != socket.AF_UNIX:
+            _refuse()
+        return real(self, *a, **k)
+    return call
+socket.socket.connect = _local_only(_connect)
+socket.socket.connect_ex = _local_only(_connect_ex)
 socket.create_connection = _refuse
 class _NoMnnTools:
     def find_spec(self, name, path=None, target=None):
@@ -130,6 +139,9 @@ def test_convert_path_runs_offline_and_never_imports_mnn_tools(tmp_path, monkeyp
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(guard), os.environ.get("PYTHONPATH", "")]))
     # the guard works: a child that tries the network or MNN.tools fails
     probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
+                           capture_output=True, text=True)
+    assert "network access attempted" in probe.stderr
+    probe = subprocess.run([sys.executable, "-c", "import socket; socket.socket().connect(('127.0.0.1', 9))"],
                            capture_output=True, text=True)
     assert "network access attempted" in probe.stderr
     probe = subprocess.run([sys.executable, "-c", "import MNN.tools"], capture_output=True, text=True)
