@@ -7,6 +7,7 @@ import functools
 import importlib.metadata
 import os
 import platform
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,37 +17,64 @@ from stages.models import file_sha256
 
 PARTIAL_MARK = ".partial"
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "onnxslim", "MNN")
+# Files that belong to an artifact and sit beside it: ONNX external data (a model past protobuf's 2 GB
+# keeps its weights in `<name>.data`) and MNN external weights (`--saveExternalData` writes `<name>.weight`,
+# which MNN finds by the model's file name at load time).
+SIDECARS = (".data", ".weight")
+
+
+def sidecars(path: Path) -> list[Path]:
+    """The side files of an artifact that exist (external weights), in a fixed order."""
+    return [q for q in (path.with_name(path.name + s) for s in SIDECARS) if q.exists()]
+
+
+def artifact_bytes(path: Path) -> int:
+    """Size of an artifact with its side files: what a deployment ships."""
+    return path.stat().st_size + sum(q.stat().st_size for q in sidecars(path))
 
 
 def partial_name(path: Path) -> Path:
-    """Temp name beside `path` that keeps its suffix (tools look at it) and never looks finished."""
-    return path.with_name(f".{path.stem}{PARTIAL_MARK}{os.getpid()}{path.suffix}")
+    """Temp path for `path`: the same file name inside a hidden folder beside it that never looks finished.
+    Tools that write side files named after the model (ONNX external data, MNN's `.weight`) write them
+    there too, and the names they record stay right after the move."""
+    return path.parent / f".{path.name}{PARTIAL_MARK}{os.getpid()}" / path.name
 
 
 def remove_partials(directory: Path) -> list[Path]:
-    """Delete temp files an interrupted run left behind in `directory`."""
+    """Delete temp files and folders an interrupted run left behind in `directory`."""
     gone = []
     if directory.is_dir():
         for p in directory.glob(f".*{PARTIAL_MARK}*"):
-            if p.is_file():
-                p.unlink()
-                gone.append(p)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            gone.append(p)
     return gone
 
 
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temp path to write; rename it onto `path` only if the block finishes without error."""
+    """Yield a temp path to write; move it (and its side files) onto `path` only if the block finishes
+    without error. Side files go first and the file itself last, so a finished-looking file is whole;
+    side files of an older artifact at `path` that the new one lacks are removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_name(path)
+    shutil.rmtree(tmp.parent, ignore_errors=True)
+    tmp.parent.mkdir()
     try:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"{tmp} was not written")
+        new = {q.name for q in sidecars(tmp)}
+        for q in sidecars(path):
+            if q.name not in new:
+                q.unlink()
+        for q in sidecars(tmp):
+            os.replace(q, path.with_name(q.name))
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,7 +105,12 @@ def describe_file(path: Path) -> dict[str, object]:
     """bytes and sha256 of an artifact (empty when it does not exist)."""
     if not path.exists():
         return {"path": str(path), "bytes": None, "sha256": ""}
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    side = sidecars(path)
+    row: dict[str, object] = {"path": str(path), "bytes": artifact_bytes(path), "sha256": file_sha256(path)}
+    if side:  # external weights: the hash above covers the graph file, this one the weights
+        row["external_data"] = ", ".join(q.name for q in side)
+        row["external_sha256"] = "+".join(file_sha256(q)[:16] for q in side)
+    return row
 
 
 def write_csv(path: Path, rows: list[dict], first: list[str] | None = None) -> None:

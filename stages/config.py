@@ -34,6 +34,9 @@ class ExportConfig:
     multimask_output: bool = False
     # Sizes used for the decoder's example inputs when tracing (N stays dynamic).
     example_points: int = 2
+    # ONNX weights past this many MB go to one `<name>.onnx.data` beside the model (ONNX external data):
+    # protobuf cannot hold a file past 2 GB (vit_h's encoder is 2.5 GB). 0: always.
+    external_data_mb: int = 1800
 
 
 @dataclass

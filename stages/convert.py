@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stages.artifacts import atomic_output
+from stages.artifacts import atomic_output, sidecars
 from stages.isolate import run_isolated
 from stages.samples import component_example
 
@@ -100,7 +100,8 @@ def run(ctx) -> list[dict]:
                 status, info = "ok", res.result
             except _CellFailed as e:
                 status, info = f"failed: {e}", {}
-                out.unlink(missing_ok=True)  # an artifact from an earlier config must not pass for this one
+                for q in [out, *sidecars(out)]:  # an artifact from an earlier config must not pass for this one
+                    q.unlink(missing_ok=True)
                 log.error("convert %s failed: %s (log: %s)", cell.key, e, logfile)
             rows.append({"cell": cell.key, "component": component, "variant": variant, **ctx.describe(out),
                          "seconds": round(time.perf_counter() - t0, 2), "flags": " ".join(ccfg.variants[variant] + ccfg.extra_args), "static_shapes": static,

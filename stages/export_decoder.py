@@ -15,7 +15,7 @@ import torch
 
 from stages.artifacts import atomic_output
 from stages.models import build_model
-from stages.onnx_io import check_onnx, ort_outputs
+from stages.onnx_io import check_onnx, ort_outputs, resave_export
 from stages.samples import decoder_example
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def run(ctx) -> list[dict]:
                 dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
                 opset_version=ctx.cfg.export.opset, do_constant_folding=True, dynamo=False,
             )
+            external = resave_export(tmp, ctx.cfg.export.external_data_mb)
             check_onnx(tmp)
             # Check at another point count and image size than traced, so a frozen shape shows up here.
             other = decoder_example(embeddings, name="coffee", num_points=ctx.cfg.export.example_points + 2)
@@ -64,4 +65,4 @@ def run(ctx) -> list[dict]:
     log.info("decoder exported: %s, max |onnx - torch| masks = %.2e", out, diff)
     return [{"cell": "decoder", "component": "decoder", **ctx.describe(out), "seconds": round(seconds, 2),
              "opset": ctx.cfg.export.opset, "multimask_output": ctx.cfg.export.multimask_output,
-             "max_abs_diff_vs_torch": diff, "status": "ok"}]
+             "external_data": external, "max_abs_diff_vs_torch": diff, "status": "ok"}]

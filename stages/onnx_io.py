@@ -9,15 +9,49 @@ import onnx
 
 from stages.errors import PipelineError
 
-# Protobuf cannot hold one message past 2 GB: bigger models keep their weights in a side file.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-
 
 def load_onnx(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as e:
         raise PipelineError(f"{path} is not a readable ONNX model: {e}") from None
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    return sum(t.ByteSize() for t in model.graph.initializer)
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, external_mb: float) -> bool:
+    """Save a model; when its weights pass `external_mb` MB they go to one side file `<name>.data` beside it
+    (ONNX external data, which onnxruntime, onnx and MNN's converter read). Returns whether they did."""
+    if initializer_bytes(model) <= external_mb * 1e6 and external_mb > 0:
+        onnx.save(model, str(path))
+        return False
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{Path(path).name}.data", size_threshold=1024)
+    return True
+
+
+def stored_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the weights, inline or external, from a model loaded without its external data."""
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            total += int({e.key: e.value for e in t.external_data}.get("length", 0))
+        else:
+            total += t.ByteSize()
+    return total
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def resave_export(path: Path, external_mb: float) -> bool:
+    """torch.onnx.export writes a model past 2 GB as one file per weight beside it: re-save the export with
+    its weights inline or in one `<name>.data` (the per-weight files stay in the temp folder they were
+    written to, which is removed). Returns whether the weights are external."""
+    return save_onnx(onnx.load(str(path)), path, external_mb)
 
 
 def check_onnx(path: Path) -> None:

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from stages.artifacts import atomic_output  # noqa: E402
+from stages.artifacts import artifact_bytes, atomic_output  # noqa: E402
 
 log = logging.getLogger(__name__)
 COMPONENTS = ("encoder", "decoder", "e2e")
@@ -116,7 +116,7 @@ def recommended(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path = Pat
                              "workload": _workload(r._asdict()), "p50_ms": round(r.p50_ms, 1),
                              "cosine": par.get("cosine"), "mask_iou": par.get("mask_iou"),
                              "e2e_mask_iou": par.get("e2e_mask_iou"),
-                             "size_mb": round(path.stat().st_size / 1e6, 2) if path.is_file() else float("nan"),
+                             "size_mb": round(artifact_bytes(path) / 1e6, 2) if path.is_file() else float("nan"),
                              "path": str(par["artifact_path"]), "candidates": len(g)})
                 break
     return pd.DataFrame(rows)

@@ -106,6 +106,16 @@ class OrtRuntime(Runtime):
         return None
 
 
+def external_hint(path: Path) -> str:
+    """MNN loads a model converted with --saveExternalData without its `.weight` file and runs it to NaN,
+    saying only "Can't open file" on stdout: name the file when it is missing."""
+    weight = Path(path).with_name(Path(path).name + ".weight")
+    if weight.exists():
+        return ""
+    return (f"; if it was converted with --saveExternalData, its weights file {weight} must sit beside it "
+            f"(copy both files together)")
+
+
 class MnnRuntime(Runtime):
     name = "mnn"
     backends = tuple(MNN_BACKENDS)
@@ -129,6 +139,7 @@ class MnnRuntime(Runtime):
         if not Path(path).is_file():
             raise PipelineError(f"MNN model {path} does not exist")
         self._F = F
+        self.path = Path(path)
         config = {"backend": backend, "numThread": threads, "precision": precision, "memory": memory, "power": power}
         try:
             self.runtime_manager = nn.create_runtime_manager((config,))

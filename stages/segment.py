@@ -17,7 +17,7 @@ import numpy as np
 
 from stages.errors import PipelineError
 from stages.preprocess import decoder_feeds, numpy_resize, preprocess_image
-from stages.runtimes import MnnRuntime
+from stages.runtimes import MnnRuntime, external_hint
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ class MnnSamPredictor:
         t1 = time.perf_counter()
         self.embeddings = self.encoder.run({"image": x})["image_embeddings"]
         t2 = time.perf_counter()
+        if not np.all(np.isfinite(self.embeddings)):
+            raise PipelineError(f"MNN encoder {self.encoder.path} gives NaN/Inf embeddings" + external_hint(self.encoder.path))
         self.original_size = image.shape[:2]
         self.timings_ms.update(preprocess=(t1 - t0) * 1000, encoder=(t2 - t1) * 1000)
 

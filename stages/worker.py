@@ -39,7 +39,10 @@ def smoke_run(req: dict) -> dict:
     bad = [k for k, v in outs.items() if not np.all(np.isfinite(v))]
     shapes = {k: list(v.shape) for k, v in outs.items()}
     if bad:
-        return {"error": f"MNN model runs but gives NaN/Inf in {', '.join(bad)}", "shapes": shapes}
+        from stages.runtimes import external_hint
+
+        return {"error": f"MNN model runs but gives NaN/Inf in {', '.join(bad)}" + external_hint(Path(req["dst"])),
+                "shapes": shapes}
     return {"run_seconds": seconds, "shapes": shapes, "inputs": rt.input_names, "outputs": rt.output_names}
 
 

@@ -62,7 +62,8 @@ def test_partial_files_from_an_interrupted_run_are_removed(fp32_only):
     _run(root, cfg_path)
     out = root / "build" / "tiny_fp32" / "mnn" / "encoder.fp32.mnn"
     stale = partial_name(out)
+    stale.parent.mkdir()
     stale.write_bytes(b"half a model")
     out.unlink()
     assert _run(root, cfg_path)["convert"] == "ran"
-    assert not stale.exists() and out.exists()
+    assert not stale.exists() and not stale.parent.exists() and out.exists()
