@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -197,6 +198,26 @@ def pareto_points(lat: pd.DataFrame, parity: pd.DataFrame | None, component: str
     return df.sort_values("p50_ms")
 
 
+def _label_points(ax, points: pd.DataFrame, fontsize: int = 8) -> None:
+    """Label each point beside it, trying offsets below, above, then further out until the label's box
+    (estimated from its length, in points) overlaps no label placed before: close points get readable
+    labels instead of overprinted ones."""
+    ax.autoscale_view()
+    to_pt = 72 / ax.figure.dpi
+    placed: list[tuple[float, float, float, float]] = []
+    tries = [(4, -10), (4, 4)] + [(4, dy) for k in range(1, 8) for dy in (-10 - 11 * k, 4 + 11 * k)]
+    for r in points.sort_values("p50_ms").itertuples():
+        x, y = (v * to_pt for v in ax.transData.transform((r.p50_ms, r.accuracy)))
+        w, h = 0.55 * fontsize * len(r.label), fontsize + 1
+        for dx, dy in tries:
+            box = (x + dx, y + dy, x + dx + w, y + dy + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(r.label, (r.p50_ms, r.accuracy), fontsize=fontsize, xytext=(dx, dy), textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if abs(dy) > 12 else None)
+
+
 def plot_pareto(lat: pd.DataFrame, parity: pd.DataFrame | None, path: Path) -> None:
     comps = [c for c in ("encoder", "e2e") if (lat["component"] == c).any()] or ["encoder"]
     fig, axes = plt.subplots(1, len(comps), figsize=(6.5 * len(comps), 5), squeeze=False)
@@ -208,8 +229,8 @@ def plot_pareto(lat: pd.DataFrame, parity: pd.DataFrame | None, path: Path) -> N
             continue
         for runtime, g in df.groupby("runtime"):
             ax.scatter(g["p50_ms"], g["accuracy"], label=runtime, s=40)
-        for r in df[df["pareto"]].itertuples():  # the rest are listed in summary.md
-            ax.annotate(r.label, (r.p50_ms, r.accuracy), fontsize=8, xytext=(4, -10), textcoords="offset points")
+        _label_points(ax, df[df["pareto"]])  # the rest are listed in summary.md
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.6g"))  # no "1e-5+9.999e-1" offset
         front = df[df["pareto"]].sort_values("p50_ms")
         ax.step(front["p50_ms"], front["accuracy"], where="post", color="k", lw=1, ls="--", label="Pareto front")
         ax.set_xlabel(f"p50 latency at {int(lat['threads'].max())} threads, ms")

@@ -178,3 +178,20 @@ def test_all_variants_follow_the_model_config():
     cells = grid(load_sweep("default"), {"fp32": [], "fp16": [], "wint8": [], "fp32-opt": []})
     mnn = {c.artifact for c in cells if c.runtime == "mnn"}
     assert mnn == {"mnn-fp32", "mnn-fp16", "mnn-wint8", "mnn-fp32-opt"}
+
+
+def test_labels_of_close_pareto_points_do_not_overprint():
+    import matplotlib.pyplot as plt
+
+    from stages.report import _label_points
+
+    pts = pd.DataFrame({"p50_ms": [35000.0, 35470.0, 35490.0, 60000.0], "accuracy": [0.981, 0.9995, 0.9996, 1.0],
+                        "label": ["mnn-wint8@normal", "mnn-fp16@normal", "mnn-fp32@normal", "torch@fp32"]})
+    fig, ax = plt.subplots()
+    ax.scatter(pts["p50_ms"], pts["accuracy"])
+    _label_points(ax, pts)
+    offsets = {t.get_text(): t.xyann for t in ax.texts}
+    plt.close(fig)
+    assert set(offsets) == set(pts["label"])
+    assert offsets["mnn-fp16@normal"] != offsets["mnn-fp32@normal"]  # nearly the same place: one moves
+    assert offsets["torch@fp32"] == (4, -10)  # a lone point keeps the default place
