@@ -238,4 +238,23 @@ def build_model(cfg, root: Path) -> tuple[torch.nn.Module, str]:
     if state is not None:
         load_state_dict_strict(model, state, str(cfg.checkpoint_path(root)), cfg.builder)
         del state
+    else:
+        wake_zero_branches(model, cfg.seed)
     return model.eval(), tag
+
+
+def wake_zero_branches(model: torch.nn.Module, seed: int) -> int:
+    """Seeded BatchNorm scales for the norms a fresh model initialises to zero. TinyViT starts each MBConv's
+    last BatchNorm at weight 0 (a training trick: every residual branch begins as the identity), so a
+    random vit_t has 12 branches whose output is exactly zero. A trained checkpoint has none; with them,
+    int8 calibration sees a tensor of range 0, MNN's quantizer gives it scale 0 and the encoder runs to
+    NaN. Such a model would measure quantization on a network no one ships, so random builds get small
+    seeded scales (0.1 * N(0, 1)) there instead. Returns how many norms were changed (0 for SAM's ViTs)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    n = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d) and m.weight is not None and not torch.any(m.weight):
+                m.weight.copy_(0.1 * torch.randn(m.weight.shape, generator=gen))
+                n += 1
+    return n

@@ -33,6 +33,24 @@ def test_seed_decides_the_random_weights(tmp_path):
     assert not torch.equal(a.state_dict()[w], c.state_dict()[w])
 
 
+def test_random_build_has_no_all_zero_norm_scales(tmp_path):
+    """TinyViT zero-initialises each MBConv's last BatchNorm; a random build must not keep it (int8
+    calibration divides by the range of those all-zero outputs), and a checkpoint must not be touched."""
+    fresh = BUILDERS["tiny.vit_t"]()
+    zero = [n for n, m in fresh.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and not torch.any(m.weight)]
+    assert zero, "TinyViT no longer zero-initialises a BatchNorm: this test no longer tests anything"
+    model, _ = build_model(_cfg(tmp_path, seed=3), tmp_path)
+    mods = dict(model.named_modules())
+    for n in zero:
+        assert torch.any(mods[n].weight), n
+    again, _ = build_model(_cfg(tmp_path, seed=3), tmp_path)
+    assert torch.equal(dict(again.named_modules())[zero[0]].weight, mods[zero[0]].weight)
+    (tmp_path / "weights").mkdir()
+    torch.save(fresh.state_dict(), tmp_path / "weights" / "tiny_vit_t.pt")
+    loaded, _ = build_model(load_model_config(str(TINY)), tmp_path)
+    assert not torch.any(dict(loaded.named_modules())[zero[0]].weight)
+
+
 def test_checkpoint_is_loaded_and_tagged_by_hash(tmp_path):
     cfg = load_model_config(str(TINY))
     source, _ = build_model(_cfg(tmp_path, seed=7), tmp_path)
