@@ -125,9 +125,10 @@ def write_csv(path: Path, rows: list[dict], first: list[str] | None = None) -> N
         df.to_csv(tmp, index=False)
 
 
-def artifact_paths(cells) -> dict[str, dict[str, Path]]:
-    """{artifact: {component: path}} from the cells of a stage whose deps are, per (component, variant):
-    raw ONNX, simplified ONNX, MNN variant (parity and bench declare them so in pipeline.yaml)."""
+def artifact_paths(cells, quant: dict | None = None) -> dict[str, dict[str, Path]]:
+    """{artifact: {component: path}} from the cells of a stage whose deps are, per (component, variant, quant):
+    raw ONNX, simplified ONNX, MNN variant, full-int8 variant (parity and bench declare them so in
+    pipeline.yaml). `quant`: quantize.variants, which names the int8 artifacts (mnn-int8, ort-int8-static)."""
     paths: dict[str, dict[str, Path]] = {}
     for c in cells:
         raw, sim, mnn = c.deps[:3]
@@ -135,4 +136,7 @@ def artifact_paths(cells) -> dict[str, dict[str, Path]]:
         paths.setdefault("onnx", {})[comp] = raw
         paths.setdefault("onnx-sim", {})[comp] = sim
         paths.setdefault(f"mnn-{variant}", {})[comp] = mnn
+        q = c.values.get("quant")
+        if q is not None and quant is not None and len(c.deps) > 3:
+            paths.setdefault(quant[q].artifact(q), {})[comp] = c.deps[3]
     return paths

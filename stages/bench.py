@@ -54,22 +54,27 @@ def artifact_name(runtime: str, variant: str) -> str:
 ALL_VARIANTS = {"torch": ["fp32"], "onnxruntime": ["onnx", "onnx-sim"]}
 
 
-def expand_variants(runtime: str, variants: list[str], convert_variants) -> list[str]:
+def expand_variants(runtime: str, variants: list[str], convert_variants, quant: dict | None = None) -> list[str]:
     """`all` in a sweep's variants: every artifact of that runtime (for MNN, every convert.variants entry),
-    so a variant added to the model config is timed without editing the sweep."""
+    and its full-int8 quantize.variants; `int8`: only those. A variant added to the model config is timed
+    without editing the sweep."""
+    int8 = [name for name, q in (quant or {}).items() if q.runtime == runtime]
     out: list[str] = []
     for v in variants:
-        out.extend(ALL_VARIANTS.get(runtime, list(convert_variants)) if v == "all" else [v])
+        if v == "all":
+            out.extend([*ALL_VARIANTS.get(runtime, list(convert_variants)), *int8])
+        else:
+            out.extend(int8 if v == "int8" else [v])
     return list(dict.fromkeys(out))
 
 
-def grid(sweep, convert_variants=()) -> list[BenchCell]:
+def grid(sweep, convert_variants=(), quant: dict | None = None) -> list[BenchCell]:
     cells = []
     for threads in sweep.thread_counts():
         for component in sweep.components:
             for runtime, rs in sweep.runtimes.items():
                 for backend in rs.backends:
-                    for variant in expand_variants(runtime, rs.variants, convert_variants):
+                    for variant in expand_variants(runtime, rs.variants, convert_variants, quant):
                         for precision in rs.precisions:
                             for mode in rs.modes:
                                 cells.append(BenchCell(component, runtime, backend, artifact_name(runtime, variant),
@@ -108,9 +113,9 @@ def run(ctx) -> list[dict]:
     sweep = load_sweep(ctx.cfg.bench.sweep)
     threads = sweep.thread_counts()
     (photo_name, photo), = load_images([ctx.cfg.bench.image], ctx.root)
-    paths = artifact_paths(ctx.cells)
+    paths = artifact_paths(ctx.cells, ctx.cfg.quantize.variants)
     paths["torch"] = {"encoder": ctx.cfg.source, "decoder": ctx.cfg.source}
-    cells = grid(sweep, ctx.cfg.convert.variants)
+    cells = grid(sweep, ctx.cfg.convert.variants, ctx.cfg.quantize.variants)
     log.info("bench: %d cells from %s, threads %s", len(cells), sweep.source, threads)
     rates = roofline(ctx, sweep, threads)
     rows = []

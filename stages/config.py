@@ -82,6 +82,9 @@ class Thresholds:
     iou_pred_abs: float = 0.01  # |delta iou_predictions|, at most
     e2e_mask_iou: float = 0.99  # end-to-end mask IoU, at least
     why: str = ""  # where the numbers come from
+    # false: a target, not a gate. Rows are still checked (pass=False, failed_checks say by how much) and
+    # such artifacts are never recommended, but they do not fail the parity stage or `make all`.
+    gate: bool = True
 
 
 DEFAULT_PARITY_IMAGES = ["astronaut", "coffee", "chelsea", "rocket"]
@@ -143,6 +146,75 @@ class ProfileConfig:
             raise ValueError(f"profile.decoder_out_size: expected [height, width], got {self.decoder_out_size}")
 
 
+QUANT_METHODS = {"mnn": ("EMA", "KL", "ADMM"), "onnxruntime": ("dynamic", "static")}
+
+
+@dataclass
+class QuantVariant:
+    """One full-int8 artifact: weights and activations in int8, made by a runtime's own quantizer."""
+
+    runtime: str = "mnn"  # mnn: MNN's quantizer on the fp32 .mnn; onnxruntime: its quantizer on the .sim.onnx
+    # mnn: EMA | KL | ADMM (feature_quantize_method); onnxruntime: dynamic (activation ranges at run time)
+    # | static (ranges from the calibration set, QDQ format)
+    method: str = "EMA"
+    weight_method: str = "MAX_ABS"  # mnn: MAX_ABS | ADMM
+    per_channel: bool = True  # onnxruntime static: per-channel weight scales
+    skip_ops: list[str] = field(default_factory=list)  # op / node names left in float
+    tier: str = "int8"  # parity.thresholds entry its rows are checked against
+
+    def __post_init__(self) -> None:
+        _check_choice("runtime", self.runtime, tuple(QUANT_METHODS))
+        _check_choice("method", self.method, QUANT_METHODS[self.runtime])
+        _check_choice("weight_method", self.weight_method, ("MAX_ABS", "ADMM"))
+
+    @property
+    def format(self) -> str:
+        """File extension of the artifact."""
+        return "mnn" if self.runtime == "mnn" else "onnx"
+
+    def artifact(self, name: str) -> str:
+        """Its name in parity.csv / latency.csv: mnn-<name> like the converted MNN variants, or <name>."""
+        return f"mnn-{name}" if self.runtime == "mnn" else name
+
+
+# Photos for calibration: bundled with scikit-image and none of them a parity photo, so parity measures
+# the quantized models on images they were not calibrated on.
+DEFAULT_CALIBRATION_IMAGES = ["camera", "coins", "clock", "immunohistochemistry", "hubble_deep_field", "retina"]
+
+
+@dataclass
+class CalibrationConfig:
+    images: list[str] = field(default_factory=lambda: list(DEFAULT_CALIBRATION_IMAGES))
+    prompts_per_image: int = 4  # decoder: sampled prompts per calibration image (points, boxes, mask feedback)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise ValueError("images is empty: expected photo names, image files or folders")
+        if self.prompts_per_image < 1:
+            raise ValueError(f"prompts_per_image must be >= 1, got {self.prompts_per_image}")
+
+
+def _default_quant_variants() -> dict[str, QuantVariant]:
+    return {"int8": QuantVariant(), "ort-int8-dynamic": QuantVariant("onnxruntime", "dynamic"),
+            "ort-int8-static": QuantVariant("onnxruntime", "static")}
+
+
+@dataclass
+class QuantizeConfig:
+    """Full int8 (stages/quantize.py): calibrated post-training quantization with MNN's and onnxruntime's tools.
+    `variants: {}` makes none (parity and bench then have no int8 rows)."""
+
+    variants: dict[str, QuantVariant] = field(default_factory=_default_quant_variants)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    threads: int = 2  # onnxruntime calibration and the embeddings of the decoder's calibration set
+    timeout_s: int = 1800
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.timeout_s <= 0:
+            raise ValueError("threads must be >= 1 and timeout_s > 0")
+
+
 @dataclass
 class ModelConfig:
     name: str
@@ -157,6 +229,7 @@ class ModelConfig:
     parity: ParityConfig = field(default_factory=ParityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
 
     # where it was loaded from (not a YAML key)
     source: Path | None = field(default=None, compare=False)
@@ -166,6 +239,13 @@ class ModelConfig:
         from stages.models import BUILDERS  # late: models imports torch
 
         _check_choice("builder", self.builder, tuple(BUILDERS))
+        clash = set(self.quantize.variants) & set(self.convert.variants)
+        if clash:
+            raise ValueError(f"quantize.variants: {sorted(clash)[0]!r} is also a convert.variants name; "
+                             "expected distinct names (both become artifacts in parity.csv and latency.csv)")
+        if "fp32" not in self.convert.variants and any(q.runtime == "mnn" for q in self.quantize.variants.values()):
+            raise ValueError("quantize.variants: MNN's quantizer starts from the fp32 MNN model, but "
+                             "convert.variants has no 'fp32' entry")
 
     def checkpoint_path(self, root: Path) -> Path | None:
         if not self.checkpoint:
@@ -331,8 +411,17 @@ def get_param(cfg: ModelConfig, dotted: str) -> Any:
             obj = obj[part]
         else:
             raise KeyError(dotted)
+    return _plain(obj)
+
+
+def _plain(obj: Any) -> Any:
+    """Config values as plain data (dicts, lists, scalars): what the lock file records and hashes."""
     if dataclasses.is_dataclass(obj):
         return {k: v for k, v in dataclasses.asdict(obj).items() if k not in _NOT_YAML_KEYS}
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
     return obj
 
 

@@ -29,7 +29,7 @@ from stages.export_decoder import INPUTS, onnx_decoder
 from stages.isolate import run_isolated
 from stages.models import build_model, file_sha256
 from stages.preprocess import decoder_feeds, preprocess_image
-from stages.samples import PROMPTS, load_images, prompt
+from stages.samples import PROMPTS, load_cases, load_images, prompt, save_cases
 
 log = logging.getLogger(__name__)
 SEP = "::"
@@ -37,7 +37,7 @@ SEP = "::"
 
 @dataclass
 class ParityCell:
-    artifact: str  # onnx | onnx-sim | mnn-<variant>
+    artifact: str  # onnx | onnx-sim | mnn-<variant> | a quantize.variants artifact (mnn-int8, ort-int8-static)
     runtime: str  # a key of stages.runtimes.RUNTIMES
     precision: str
     variant: str
@@ -53,7 +53,7 @@ class ParityCell:
 
 def parity_cells(ctx) -> list[ParityCell]:
     pcfg = ctx.cfg.parity
-    paths = artifact_paths(ctx.cells)
+    paths = artifact_paths(ctx.cells, ctx.cfg.quantize.variants)
     cells = [ParityCell("onnx", "onnxruntime", "fp32", "fp32", pcfg.tier("fp32", "fp32"), 1, **paths["onnx"]),
              ParityCell("onnx-sim", "onnxruntime", "fp32", "fp32", pcfg.tier("fp32", "fp32"), 2, **paths["onnx-sim"])]
     step = 3
@@ -61,6 +61,12 @@ def parity_cells(ctx) -> list[ParityCell]:
         for precision in pcfg.mnn_precisions.get(variant, ["normal"]):
             cells.append(ParityCell(f"mnn-{variant}", "mnn", precision, variant, pcfg.tier(variant, precision), step,
                                     **paths[f"mnn-{variant}"]))
+            step += 1
+    for name, q in ctx.cfg.quantize.variants.items():  # full int8, last: the furthest from PyTorch
+        precisions = pcfg.mnn_precisions.get(name, ["normal"]) if q.runtime == "mnn" else ["fp32"]
+        for precision in precisions:
+            cells.append(ParityCell(q.artifact(name), q.runtime, precision, name, pcfg.tier(q.tier, precision), step,
+                                    **paths[q.artifact(name)]))
             step += 1
     return cells
 
@@ -104,22 +110,8 @@ def _prompt_feeds(emb: np.ndarray, name: str, img: np.ndarray, p: str, ref: Refe
     return decoder_feeds(emb, spec["points"], spec["labels"], img.shape[:2], box=spec["box"], mask_input=mask)
 
 
-def _save_cases(path: Path, cases: dict[str, dict[str, np.ndarray]]) -> Path:
-    np.savez(path, **{f"{case}{SEP}{k}": v for case, feeds in cases.items() for k, v in feeds.items()})
-    return path
-
-
-def _load_cases(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    data = np.load(path)
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for key in data.files:
-        case, name = key.rsplit(SEP, 1)
-        out.setdefault(case, {})[name] = data[key]
-    return out
-
-
 def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path) -> dict[str, dict[str, np.ndarray]]:
-    feeds = _save_cases(tmp / f"{component}-feeds.npz", cases)
+    feeds = save_cases(tmp / f"{component}-feeds.npz", cases)
     out = tmp / f"{component}-out.npz"
     res = run_isolated("infer", {"runtime": cell.runtime, "model": str(getattr(cell, component)),
                                  "threads": ctx.cfg.parity.threads, "precision": cell.precision,
@@ -127,7 +119,7 @@ def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path) -> dic
                        ctx.build / "logs" / f"parity-{cell.key}-{component}.log", ctx.cfg.parity.timeout_s)
     if not res.ok:
         raise PipelineError(res.why)
-    return _load_cases(out)
+    return load_cases(out)
 
 
 def evaluate_cell(ctx, cell: ParityCell, ref: Reference) -> list[dict]:
@@ -147,6 +139,10 @@ def evaluate_cell(ctx, cell: ParityCell, ref: Reference) -> list[dict]:
         per_case = {}
         for key, want in ref.decoder_out.items():
             got = dec[f"{kind}{SEP}{key}"]
+            for out in ("masks", "iou_predictions"):
+                if got[out].shape != want[out].shape:  # a row that says so, not a crash of the stage
+                    raise PipelineError(f"{out} of {key} has shape {list(got[out].shape)}, PyTorch gives "
+                                        f"{list(want[out].shape)}")
             per_case[key] = {
                 "mask_iou": metrics.mask_iou(got["masks"], want["masks"]),
                 "logits_within_tol": metrics.within_tol(got["masks"], want["masks"], th.logit_rtol),
@@ -237,11 +233,15 @@ def run(ctx) -> list[dict]:
             path = cell.encoder if r["component"] == "encoder" else cell.decoder
             sha = file_sha256(path)[:16] if path.exists() else ""
             rows.append({**base, **r, "artifact_path": ctx.rel(path), "artifact_sha256": sha, "status": status})
-    th_cols = {f"th_{k}": v for k, v in vars(pcfg.thresholds["fp32"]).items() if k != "why"}
+    th_cols = {f"th_{k}": v for k, v in vars(pcfg.thresholds["fp32"]).items() if k not in ("why", "gate")}
     for r in rows:
         th = vars(pcfg.thresholds[r["tier"]])
-        r.update({k: th[k[3:]] for k in th_cols})
-    if any(not r["pass"] for r in rows):
-        log.error("parity: %d of %d rows below threshold or not run:\n%s",
-                  sum(not r["pass"] for r in rows), len(rows), failure_table(rows))
+        r.update({k: th[k[3:]] for k in th_cols}, gate=th["gate"])
+    gating = [r for r in rows if not r["pass"] and r["gate"]]
+    targets = [r for r in rows if not r["pass"] and not r["gate"]]
+    if gating:
+        log.error("parity: %d of %d rows below threshold or not run:\n%s", len(gating), len(rows), failure_table(gating))
+    if targets:
+        log.warning("parity: %d rows below the target of a report-only tier (gate: false), not failing the run:\n%s",
+                    len(targets), failure_table(targets))
     return rows

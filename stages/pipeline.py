@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import importlib
@@ -109,7 +110,7 @@ def _unique(paths) -> list[Path]:
 # ---------------------------------------------------------------- loading pipeline.yaml
 
 _VAR = re.compile(r"\$\{(\w+)\}")
-_CELL = re.compile(r"\{(\w+)\}")
+_CELL = re.compile(r"\{(\w+(?:\.\w+)?)\}")  # {variant}, or {variant.format}: a field of its config entry
 
 
 def load_pipeline(path: Path, cfg: ModelConfig, root: Path) -> list[Stage]:
@@ -138,12 +139,19 @@ def load_pipeline(path: Path, cfg: ModelConfig, root: Path) -> list[Stage]:
                 get_param(cfg, p)
             except KeyError:
                 raise ConfigError(f"{where}: param {p!r} is not a key of the model config {cfg.source}") from None
-        matrix = _matrix(spec.get("matrix", {}), cfg, where)
+        matrix, entries = _matrix(spec.get("matrix", {}), cfg, where)
+        empty = {k for k, v in matrix.items() if not v}  # a config mapping left empty (quantize.variants: {})
+        matrix = {k: v for k, v in matrix.items() if v}
+        # deps and outs of an empty key do not exist for this model: dropped, not expanded
+        kept = {key: [t for t in spec.get(key, []) if not any(f"{{{k}}}" in t or f"{{{k}." in t for k in empty)]
+                for key in ("deps", "outs")}
         cells = []
         for combo in itertools.product(*matrix.values()):
             values = dict(zip(matrix, combo, strict=True))
-            deps = [_expand(d, variables, values, root, where) for d in spec.get("deps", [])]
-            outs = [_expand(o, variables, values, root, where) for o in spec.get("outs", [])]
+            fields = {**values, **{f"{k}.{f}": str(getattr(entries[k][v], f)) for k, v in values.items()
+                                   if k in entries for f in _attributes(entries[k][v])}}
+            deps = [_expand(d, variables, fields, root, where) for d in kept["deps"]]
+            outs = [_expand(o, variables, fields, root, where) for o in kept["outs"]]
             cells.append(Cell(values, deps, outs))
         stages.append(Stage(name, spec["module"], list(spec.get("params", [])), cells, spec.get("desc", ""),
                             reports_dir(root, cfg) / spec.get("report", f"{name}.csv")))
@@ -162,22 +170,44 @@ def _expand(template: str, variables: dict[str, str], values: dict[str, str], ro
     return p if p.is_absolute() else root / p
 
 
-def _matrix(spec: Any, cfg: ModelConfig, where: str) -> dict[str, list[str]]:
+def _attributes(entry: Any) -> list[str]:
+    """Fields and properties of a config entry usable as {key.field} in deps and outs."""
+    cls = type(entry)
+    return [n for n in dir(cls) if not n.startswith("_") and isinstance(getattr(cls, n, None), property)] + \
+        [f.name for f in dataclasses.fields(entry)] if dataclasses.is_dataclass(entry) else []
+
+
+def _matrix(spec: Any, cfg: ModelConfig, where: str) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """The matrix's values per key, and for a key bound to a config mapping, its entries by name."""
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: 'matrix' must map a name to a list or to a config key holding one")
-    out = {}
+    out, entries = {}, {}
     for k, v in spec.items():
         if isinstance(v, str):
             try:
-                v = get_param(cfg, v)
+                get_param(cfg, v)  # KeyError for a key the config does not have
+                v = _config_value(cfg, v)
             except KeyError:
                 raise ConfigError(f"{where}: matrix {k!r} names {v!r}, which is not a key of {cfg.source}") from None
+        from_config = isinstance(spec[k], str)
         if isinstance(v, dict):
+            entries[k] = {str(name): e for name, e in v.items()}
             v = list(v)
+        if isinstance(v, list) and not v and from_config:
+            out[k] = []  # the model config has none of these: the key's deps and outs are dropped
+            continue
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{where}: matrix {k!r} must be a non-empty list, got {v!r}")
         out[k] = [str(x) for x in v]
-    return out
+    return out, entries
+
+
+def _config_value(cfg: ModelConfig, dotted: str) -> Any:
+    """The config object at a dotted key (entries stay dataclasses, unlike get_param's plain values)."""
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    return obj
 
 
 def _check_graph(stages: list[Stage], path: Path) -> None:
@@ -595,7 +625,7 @@ def _run_stage(stage: Stage, ctx: StageContext, state: dict, lock: Lock, report:
     rows = finish_rows(ctx, [{**r, **memory} for r in rows])
     artifacts.write_csv(report, rows, first=["model", "weights", "stage"])
     bad = [r for r in rows if str(r.get("status", "ok")).startswith("failed")]
-    below = [r for r in rows if r.get("pass") is False and r not in bad]
+    below = [r for r in rows if r.get("pass") is False and r.get("gate", True) and r not in bad]
     missing = [o for o in stage.outs if not o.exists()]
     if bad or below or missing:
         failed_cells = list(dict.fromkeys(f"{r.get('cell', r.get('path', '?'))}: {r['status']}" for r in bad))

@@ -123,6 +123,48 @@ def recommended(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path = Pat
     return pd.DataFrame(rows)
 
 
+def int8_table(lat: pd.DataFrame, parity: pd.DataFrame | None, quant: dict, root: Path = Path(".")) -> pd.DataFrame:
+    """Each full-int8 artifact against the float artifact of its runtime (mnn-fp32, onnx-sim): accuracy from
+    parity.csv, the encoder's p50 at the top thread count (best mode) from latency.csv, size on disk."""
+    if parity is None or not quant:
+        return pd.DataFrame()
+    lat = with_modes(lat)
+    enc = lat[lat["status"].str.startswith("ok") & (lat["component"] == "encoder")
+              & lat["backend"].isin(["CPU", "CPUExecutionProvider"])]
+    top = enc["threads"].max() if not enc.empty else None
+    enc = enc[enc["threads"] == top]
+
+    def p50(artifact: str) -> float:
+        g = enc[enc["artifact"] == artifact]
+        return float(g["p50_ms"].min()) if not g.empty else float("nan")
+
+    def size_mb(artifact: str) -> float:
+        rows = parity[(parity["artifact"] == artifact) & parity["component"].isin(["encoder", "decoder"])]
+        paths = [root / str(x) for x in rows.drop_duplicates("component")["artifact_path"]]
+        return round(sum(artifact_bytes(x) for x in paths) / 1e6, 1) if paths and all(x.is_file() for x in paths) else float("nan")
+
+    rows = []
+    for name, q in quant.items():
+        art = q.artifact(name)
+        p = parity[parity["artifact"] == art]
+        if p.empty:
+            continue
+        by = {c: p[p["component"] == c].iloc[0] for c in ("encoder", "decoder", "e2e") if (p["component"] == c).any()}
+        ref = "mnn-fp32" if q.runtime == "mnn" else "onnx-sim"
+        mine, theirs = p50(art), p50(ref)
+        rows.append({"artifact": art, "runtime": q.runtime, "method": q.method,
+                     "encoder cosine": round(float(by["encoder"]["cosine"]), 4) if "encoder" in by else float("nan"),
+                     "decoder mask IoU": round(float(by["decoder"]["mask_iou"]), 3) if "decoder" in by else float("nan"),
+                     "e2e mask IoU min / mean": f"{by['e2e']['mask_iou']:.3f} / {by['e2e']['mean_mask_iou']:.3f}"
+                     if "e2e" in by else "",
+                     "target met": "yes" if all(bool(r["pass"]) for r in by.values()) else "no",
+                     f"encoder p50 ms (t{top})": round(mine, 1), "float artifact": ref,
+                     "float p50 ms": round(theirs, 1),
+                     "speed-up": round(theirs / mine, 2) if mine and mine == mine else float("nan"),
+                     "MB (enc+dec)": size_mb(art), "float MB": size_mb(ref)})
+    return pd.DataFrame(rows)
+
+
 def _mode(r) -> str:
     return "" if r.get("mode", "default") == "default" else f"~{r['mode']}"
 
@@ -274,6 +316,16 @@ def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots:
                f"{ctx.cfg.name}/recommended.csv; `make segment` loads the MNN rows' files and options).\n\n")
     rec = recommended(lat, parity, ctx.root).drop(columns=["path", "candidates", "variant"], errors="ignore")
     out.append(_md(rec.round({"cosine": 6, "mask_iou": 4, "e2e_mask_iou": 4}).astype(object).fillna("")))
+    int8 = int8_table(lat, parity, ctx.cfg.quantize.variants, ctx.root)
+    if not int8.empty:
+        th = ctx.cfg.parity.thresholds.get(next(iter(ctx.cfg.quantize.variants.values())).tier)
+        target = (f"end-to-end mask IoU >= {th.e2e_mask_iou:g}, encoder cosine >= {th.cosine:g}"
+                  + ("" if th.gate else "; a target, not a gate: rows that miss it say pass=False in parity.csv "
+                     "and are never recommended")) if th else "the fp32 thresholds"
+        out.append("\n## Full int8 (weights and activations)\n")
+        out.append(f"Calibrated on {', '.join(ctx.cfg.quantize.calibration.images)} (not parity's photos). "
+                   f"Target: {target}. reports/{ctx.cfg.name}/quantize.csv says how each was made.\n\n")
+        out.append(_md(int8.astype(object).fillna("")))
     out.append("\n## Fastest cell of each runtime\n")
     out.append(_md(fastest_table(lat, verdicts)))
     rates = lat.dropna(subset=["matmul_gflops"]).groupby("threads")["matmul_gflops"].first()

@@ -16,6 +16,13 @@ PHOTOS = {
     "coffee": ("coffee", (300.0, 200.0)),  # 400x600
     "chelsea": ("chelsea", (220.0, 140.0)),  # 300x451
     "rocket": ("rocket", (320.0, 200.0)),  # 427x640
+    # calibration photos for int8 (quantize.calibration.images): none of them is a parity photo
+    "camera": ("camera", (250.0, 200.0)),  # 512x512 grayscale
+    "coins": ("coins", (190.0, 150.0)),  # 303x384 grayscale
+    "clock": ("clock", (200.0, 150.0)),  # 300x400 grayscale
+    "immunohistochemistry": ("immunohistochemistry", (256.0, 256.0)),  # 512x512
+    "hubble_deep_field": ("hubble_deep_field", (500.0, 436.0)),  # 872x1000
+    "retina": ("retina", (705.0, 705.0)),  # 1411x1411
 }
 
 
@@ -67,7 +74,7 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def load_images(entries: list[str], root: Path) -> list[tuple[str, np.ndarray]]:
-    """Each entry: a bundled photo name (astronaut, coffee, chelsea, rocket), an image file or a folder of them."""
+    """Each entry: a bundled photo name (a key of PHOTOS), an image file or a folder of them."""
     out = []
     for entry in entries:
         if entry in PHOTOS:
@@ -112,3 +119,21 @@ def prompt(name: str, hw: tuple[int, int]) -> dict[str, np.ndarray | None]:
     }
     points, labels, b = table[name]
     return {"points": points, "labels": labels, "box": b}
+
+
+CASE_SEP = "::"
+
+
+def save_cases(path: Path, cases: dict[str, dict[str, np.ndarray]]) -> Path:
+    """Many runs' feeds in one .npz: key "case::input" (a worker runs every case and answers in kind)."""
+    np.savez(path, **{f"{case}{CASE_SEP}{k}": v for case, feeds in cases.items() for k, v in feeds.items()})
+    return path
+
+
+def load_cases(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    data = np.load(path)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key in data.files:
+        case, name = key.rsplit(CASE_SEP, 1)
+        out.setdefault(case, {})[name] = data[key]
+    return out

@@ -41,7 +41,8 @@ def smoke_run(req: dict) -> dict:
     if bad:
         from stages.runtimes import external_hint
 
-        return {"error": f"MNN model runs but gives NaN/Inf in {', '.join(bad)}" + external_hint(Path(req["dst"])),
+        hint = req.get("nan_hint") or external_hint(Path(req["dst"]))
+        return {"error": f"MNN model runs but gives NaN/Inf in {', '.join(bad)}" + hint,
                 "shapes": shapes}
     return {"run_seconds": seconds, "shapes": shapes, "inputs": rt.input_names, "outputs": rt.output_names}
 
@@ -49,15 +50,12 @@ def smoke_run(req: dict) -> dict:
 def infer(req: dict) -> dict:
     """Load a model with one runtime and run every case of a feeds .npz ("case::input" keys) through it."""
     from stages.runtimes import RUNTIMES
+    from stages.samples import load_cases
 
     t0 = time.perf_counter()
     rt = RUNTIMES[req["runtime"]](Path(req["model"]), threads=req["threads"], precision=req["precision"])
     load_seconds = time.perf_counter() - t0
-    data = np.load(req["feeds"])
-    cases: dict[str, dict[str, np.ndarray]] = {}
-    for key in data.files:
-        case, name = key.rsplit("::", 1)
-        cases.setdefault(case, {})[name] = data[key]
+    cases = load_cases(Path(req["feeds"]))
     outs = {}
     t0 = time.perf_counter()
     for case, feeds in cases.items():
@@ -225,7 +223,112 @@ def profile(req: dict) -> dict:
             "graph_ops": graph_ops}
 
 
-TASKS = {"mnnconvert": mnnconvert, "profile": profile, "mnn_smoke": smoke_run, "infer": infer, "mnn_probe": mnn_probe,
+def mnnquant(req: dict) -> dict:
+    """MNN's post-training quantizer (the C extension's entry point, as the mnnquant tool would call it),
+    then prove the int8 model loads and gives finite outputs."""
+    import _tools
+
+    dst = Path(req["dst"])
+    t0 = time.perf_counter()
+    _tools.mnnquant(req["argv"])
+    seconds = time.perf_counter() - t0
+    sys.stdout.flush()
+    if not dst.exists() or dst.stat().st_size == 0:
+        return {"error": "MNN quantizer wrote no model (see its output)", "quant_seconds": seconds}
+    res = smoke_run(req)
+    if "error" not in res:
+        from stages.runtimes import MnnRuntime
+
+        ref = MnnRuntime(Path(req["reference"]), threads=req.get("threads", 1)).run(dict(np.load(req["feeds"])))
+        res.update(output_check({k: list(v.shape) for k, v in ref.items()}, res["shapes"]))
+    return {"quant_seconds": seconds, **res, "peak_rss_mb": peak_rss_mb()}
+
+
+def output_check(want: dict[str, list[int]], got: dict[str, list[int]]) -> dict:
+    """What a quantized model lost against its float source: outputs, or output shapes."""
+    missing = [k for k in want if k not in got]
+    shapes = [f"{k} {got[k]} (float {want[k]})" for k in want if k in got and got[k] != want[k]]
+    return {"missing_outputs": ", ".join(missing), "shape_mismatch": "; ".join(shapes)}
+
+
+# compute nodes: how many run in int8 after quantization, and how many stayed in float
+ONNX_COMPUTE = {"Conv", "MatMul", "Gemm", "ConvTranspose"}
+
+
+def onnx_int8_nodes(path: Path) -> dict:
+    """Compute nodes running in int8: ConvInteger / MatMulInteger / QLinear* (dynamic), or a Conv / MatMul whose
+    inputs all come from DequantizeLinear (QDQ, which onnxruntime fuses into an int8 kernel)."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    dq = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    int8 = flt = 0
+    for n in g.node:
+        if n.op_type in ("ConvInteger", "MatMulInteger") or n.op_type.startswith("QLinear"):
+            int8 += 1
+        elif n.op_type in ONNX_COMPUTE:
+            ins = [i for i in n.input[:2] if i]
+            if ins and all(i in dq for i in ins):
+                int8 += 1
+            else:
+                flt += 1
+    return {"int8_nodes": int8, "float_nodes": flt}
+
+
+def ort_quantize(req: dict) -> dict:
+    """onnxruntime.quantization: dynamic, or static QDQ calibrated (MinMax) on the request's cases."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    from stages.samples import load_cases
+
+    src, dst = Path(req["src"]), Path(req["dst"])
+    big = any(src.with_name(src.name + s).exists() for s in (".data",))
+    t0 = time.perf_counter()
+    if req["method"] == "dynamic":
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=False,
+                         nodes_to_exclude=req["exclude"], use_external_data_format=big)
+    else:
+        cases = load_cases(Path(req["calibration"]))
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter(cases.values())
+
+            def get_next(self):
+                return next(self.it, None)
+
+        quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=req["per_channel"],
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=req["exclude"],
+                        # compute ops only: with every op (the default), the arithmetic on orig_im_size that
+                        # sizes the decoder's masks is quantized too and masks come out 514x514 for 512x512
+                        op_types_to_quantize=list(ONNX_COMPUTE),
+                        use_external_data_format=big)
+    seconds = time.perf_counter() - t0
+    from stages.runtimes import OrtRuntime
+
+    feeds = dict(np.load(req["feeds"]))
+    rt = OrtRuntime(dst, threads=req.get("threads", 1))
+    t0 = time.perf_counter()
+    outs = rt.run(feeds)
+    run_seconds = time.perf_counter() - t0
+    bad = [k for k, v in outs.items() if not np.all(np.isfinite(v))]
+    if bad:
+        return {"error": f"quantized model runs but gives NaN/Inf in {', '.join(bad)}"}
+    ref = OrtRuntime(src, threads=req.get("threads", 1)).run(feeds)
+    check = output_check({k: list(v.shape) for k, v in ref.items()}, {k: list(v.shape) for k, v in outs.items()})
+    return {"quant_seconds": seconds, "run_seconds": run_seconds, **onnx_int8_nodes(dst), **check,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+TASKS = {"mnnconvert": mnnconvert, "mnnquant": mnnquant, "ort_quantize": ort_quantize, "profile": profile, "mnn_smoke": smoke_run, "infer": infer, "mnn_probe": mnn_probe,
          "bench": bench, "matmul_rate": matmul_rate}
 
 

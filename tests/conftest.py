@@ -47,7 +47,8 @@ def fp32_only(tmp_path):
     """A fresh root and a tiny config with only the fp32 variant (for tests that re-run stages)."""
     cfg_path = write_config(tmp_path / "tiny_fp32.yaml", **{"convert.variants": {"fp32": []}, "name": "tiny_fp32",
                                                             "parity.images": ["chelsea"],
-                                                            "parity.mnn_precisions": {"fp32": ["normal"]}})
+                                                            "parity.mnn_precisions": {"fp32": ["normal"]},
+                                                            "quantize.variants": {}})
     root = tmp_path / "root"
     root.mkdir()
     return root, cfg_path

@@ -10,7 +10,7 @@ from stages.artifacts import partial_name
 from stages.config import load_model_config
 from stages.pipeline import run_pipeline
 
-ALL = ["export_encoder", "export_decoder", "simplify", "convert", "parity", "bench", "profile", "report"]
+ALL = ["export_encoder", "export_decoder", "simplify", "convert", "quantize", "parity", "bench", "profile", "report"]
 
 
 def _run(root, cfg_path, **kw):

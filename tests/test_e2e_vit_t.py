@@ -17,7 +17,8 @@ from stages.samples import component_example
 def test_vit_t_pipeline_end_to_end(tmp_path, capsys):
     assert main(["run", "--model", "vit_t", "--root", str(tmp_path), "--sweep", "quick"]) == 0
     out = capsys.readouterr().out
-    stages = ("export_encoder", "export_decoder", "simplify", "convert", "parity", "bench", "profile", "report")
+    stages = ("export_encoder", "export_decoder", "simplify", "convert", "quantize", "parity", "bench", "profile",
+              "report")
     assert out.count(" ran ") == len(stages)
     for stage in stages:
         assert f"{stage}" in out
@@ -46,6 +47,13 @@ def test_vit_t_pipeline_end_to_end(tmp_path, capsys):
     assert time.perf_counter() - t0 < 15
     assert capsys.readouterr().out.count("cached") == len(stages)
     parity = pd.read_csv(reports / "parity.csv")
-    # (2 ONNX + 3 variants x 4 precisions + fp32-static and fp32-fuse at normal) x 3 rows
-    assert parity["pass"].all() and len(parity) == 3 * 16
+    # (2 ONNX + 3 variants x 4 precisions + fp32-static and fp32-fuse at normal + 3 full int8) x 3 rows
+    assert len(parity) == 3 * 19
+    assert parity[parity["gate"]]["pass"].all()
+    int8 = parity[~parity["gate"]]
+    assert set(int8["artifact"]) == {"mnn-int8", "ort-int8-dynamic", "ort-int8-static"}
+    assert (int8[int8["component"] == "encoder"]["cosine"] > 0.95).all()  # int8, short of the 0.99 target
+    assert (int8[int8["component"] == "e2e"]["mean_mask_iou"] > 0.85).all()
+    quant = pd.read_csv(reports / "quantize.csv")
+    assert quant["status"].str.startswith("ok").all() and len(quant) == 6
     assert (reports / "profile.md").exists() and (reports / "recommended.csv").exists()

@@ -61,7 +61,8 @@ def test_converter_crash_fails_only_its_cell(fp32_only):
     assert not list(mnn.glob(".*partial*"))
     # the next run resumes at convert and finishes it
     assert statuses(run_pipeline(cfg, root)) == {"export_encoder": "cached", "export_decoder": "cached",
-                                                 "simplify": "cached", "convert": "ran", "parity": "ran",
+                                                 "simplify": "cached", "convert": "ran", "quantize": "ran",
+                                                 "parity": "ran",
                                                  "bench": "ran", "profile": "ran", "report": "ran"}
 
 

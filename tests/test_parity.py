@@ -47,10 +47,16 @@ def test_correct_artifacts_pass_with_a_row_per_step(tiny_run):
     root, _, results = tiny_run
     assert {r.stage: r.status for r in results}["parity"] == "ran"
     df = _parity(root)
-    assert df["pass"].all() and (df["status"] == "ok").all()
+    gated = df[df["gate"]]
+    assert gated["pass"].all() and (df["status"] == "ok").all()
     assert list(df.drop_duplicates("cell")["cell"]) == ["onnx@fp32", "onnx-sim@fp32", "mnn-fp32@normal",
                                                        "mnn-fp32@high", "mnn-fp16@normal", "mnn-wint8@normal",
-                                                       "mnn-fp32-static@normal"]
+                                                       "mnn-fp32-static@normal", "mnn-int8@normal",
+                                                       "ort-int8-dynamic@fp32", "ort-int8-static@fp32"]
+    int8 = df[df["tier"] == "int8"]  # full int8: checked against its target, never gating the run
+    assert len(int8) == 9 and not int8["gate"].any()
+    assert int8[int8["component"] == "encoder"]["cosine"].notna().all()  # they ran and were scored
+    assert set(int8["runtime"]) == {"mnn", "onnxruntime"}
     assert df["step"].is_monotonic_increasing
     assert set(df["component"]) == {"encoder", "decoder", "e2e"}
     assert (df["weights"] == "random-seed-0").all()
@@ -91,6 +97,6 @@ def test_threshold_edit_changes_the_verdict(tiny_run, copy_tree, tmp_path):
     strict = write_config(tmp_path / "tiny_vit_t.yaml", **{"parity.thresholds.fp16.rel_l2": 1e-6})
     assert main(["run", "--model", str(strict), "--root", str(root), "parity", "--single"]) == 1
     df = _parity(root)
-    failed = df[~df["pass"]]
+    failed = df[~df["pass"] & df["gate"]]
     assert set(failed["cell"]) == {"mnn-fp16@normal"} and set(failed["component"]) == {"encoder"}
     assert "rel_l2" in failed.iloc[0]["failed_checks"] and failed.iloc[0]["th_rel_l2"] == 1e-6

@@ -18,8 +18,8 @@ REQUIRED_COLUMNS = {"model", "weights", "stage", "path", "bytes", "sha256", "sec
 
 def test_every_stage_ran(tiny_run):
     _, _, results = tiny_run
-    assert statuses(results) == dict.fromkeys(["export_encoder", "export_decoder", "simplify", "convert", "parity",
-                                               "bench", "profile", "report"], "ran")
+    assert statuses(results) == dict.fromkeys(["export_encoder", "export_decoder", "simplify", "convert", "quantize",
+                                               "parity", "bench", "profile", "report"], "ran")
 
 
 @pytest.mark.parametrize("stage,rows", [("export_encoder", 1), ("export_decoder", 1), ("simplify", 2), ("convert", 8)])

@@ -25,7 +25,7 @@ from stages.samples import load_images
 def _fast_config(tmp_path: Path, name: str) -> Path:
     return write_config(tmp_path / f"{name}.yaml", name=name, **{
         "convert.variants": {"fp32": [], "fp16": ["--fp16"]}, "parity.images": ["chelsea"],
-        "parity.mnn_precisions": {"fp32": ["normal"], "fp16": ["normal"]}})
+        "parity.mnn_precisions": {"fp32": ["normal"], "fp16": ["normal"]}, "quantize.variants": {}})
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
