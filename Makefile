@@ -7,15 +7,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN := $(PY) -m stages
 
-.PHONY: install all bench parity report segment regress baseline compare test lint status clean clean-all help
+.PHONY: install all bench parity report segment regress baseline compare test test-e2e lint status clean clean-all help
 
 help:
 	@echo "make all MODEL=vit_t    build .venv if needed, then run every stage for MODEL (cached stages are skipped)"
-	@echo "make test               build .venv if needed, then run the test suite"
+	@echo "make test               build .venv if needed, then run the test suite (tiny models, a few minutes)"
+	@echo "make test-e2e           the real-model checks, on the vit_t build that make regress (or make all) left"
 	@echo "make bench MODEL=... [SWEEP=quick]   latency sweep (and what it needs) + summary report"
 	@echo "make parity MODEL=...   parity of every artifact against PyTorch"
 	@echo "make segment MODEL=vit_t IMAGE=x.jpg POINTS=\"500,375\"   MNN-only segmentation: mask PNG + overlay JPEG"
-	@echo "make regress MODEL=...  quick-sweep run compared to reports/baselines/MODEL; exits 1 on a regression"
+	@echo "make regress MODEL=... [BASE=ref]   quick-sweep run; accuracy vs reports/baselines/MODEL, latency A/B"
+	@echo "                        against BASE (default: merge-base with main) on this machine; exits 1 on a regression"
 	@echo "make baseline MODEL=... refresh reports/baselines/MODEL on purpose (then commit it)"
 	@echo "make compare A=dir B=dir   two runs, machines or backends side by side"
 	@echo "make status MODEL=...   which stages are up to date"
@@ -39,7 +41,7 @@ bench: install
 	$(RUN) run --model $(MODEL) $(SWEEP_ARG) bench report
 
 regress: install
-	$(RUN) regress --model $(MODEL) $(SWEEP_ARG)
+	$(RUN) regress --model $(MODEL) $(SWEEP_ARG) $(if $(BASE),--base $(BASE),)
 
 baseline: install
 	$(RUN) baseline --model $(MODEL) $(SWEEP_ARG)
@@ -62,8 +64,13 @@ lint: install
 status: install
 	$(RUN) status --model $(MODEL)
 
+# two workers (the machine's cores); tests sharing a session-built tiny pipeline stay on one (tests/conftest.py)
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+# the real vit_t checks, on the build `make regress MODEL=vit_t` leaves (CI runs the real pipeline once)
+test-e2e: install
+	$(PY) -m pytest -q -m e2e
 
 clean:
 	rm -rf build/$(MODEL) reports/$(MODEL)

@@ -75,7 +75,7 @@ def cmd_status(args) -> int:
     cfg = _load(args)
     root = args.root.resolve()
     stages = load_pipeline(args.pipeline or ROOT / "pipeline.yaml", cfg, root)
-    lock = Lock(build_dir(root, cfg) / "pipeline.lock.json")
+    lock = Lock(build_dir(root, cfg) / "pipeline.lock.json", root)
     weights = weights_tag(cfg, root)
     for s in stages:
         ctx = StageContext(s, cfg, root, build_dir(root, cfg), reports_dir(root, cfg), weights)
@@ -99,10 +99,12 @@ def _gate_run(args):
     cfg = _load(args)
     results = run_pipeline(cfg, args.root.resolve(), args.pipeline)
     print("\n" + summary_table(results))
-    return cfg, [r for r in results if r.status in ("failed", "skipped")]
+    return cfg, [r for r in results if r.status in ("failed", "skipped")], {r.stage: r.status for r in results}
 
 
 def cmd_regress(args) -> int:
+    import pandas as pd
+
     from stages.compare import (
         BAD,
         compare_runs,
@@ -111,51 +113,102 @@ def cmd_regress(args) -> int:
         regression_table,
         write_comparison,
     )
+    from stages.config import load_sweep
+    from stages.pipeline import run_pipeline
+    from stages.regress import REPO, Side, ab_latency, ab_rows, prepare_base, resolve_base, uncommitted
 
-    cfg, failed = _gate_run(args)
+    gate = load_regress_config()
     root = args.root.resolve()
+    base_ref = resolve_base(REPO, args.base or gate.base)  # a bad ref fails here, before anything runs
+    dirty = uncommitted(REPO)
+    new = Side("new", REPO, root)
+    name = _load(args).name
+    if (root / "build" / name / "pipeline.lock.json").exists():
+        # seed the base worktree with the build as it is now, before this tree's code re-runs stages: the build
+        # a base usually shares most stages with
+        prepare_base(REPO, base_ref, new, name)
+    cfg, failed, ran = _gate_run(args)  # the new side: every stage, the tree as it is
     baseline = args.baseline or root / "reports" / "baselines" / cfg.name
-    if not baseline.is_dir():
-        raise PipelineError(f"no baseline at {baseline}: run `make baseline MODEL={cfg.name}` and commit it")
-    df = compare_runs(load_run(str(baseline)), load_run(str(root / "reports" / cfg.name)), load_regress_config())
-    csv, md = write_comparison(df, root / "reports" / cfg.name / "regress", f"{cfg.name}: now vs {baseline}")
+    if not (baseline / "parity.csv").exists():
+        raise PipelineError(f"no parity baseline at {baseline / 'parity.csv'}: run `make baseline MODEL={cfg.name}` "
+                            f"and commit it")
+    if failed:
+        print(f"stages that did not finish: {', '.join(r.stage for r in failed)}; no A/B timing")
+        return 1
+    now = root / "reports" / cfg.name
+    base_run, new_run = load_run(str(baseline)), load_run(str(now))
+    base_run.latency = new_run.latency = None  # committed latencies are history, never a gate
+    accuracy = compare_runs(base_run, new_run, gate)
+    print(f"\nregression gate: base {base_ref.sha[:12]} ({base_ref.how}); new: this tree"
+          + (f" with uncommitted changes in {len(dirty)} file(s) ({', '.join(dirty[:5])}"
+             f"{' ...' if len(dirty) > 5 else ''}), compared as it is" if dirty else ""))
+    base = prepare_base(REPO, base_ref, new, cfg.name)  # seeds it now if it was not seeded above
+    model = str(Path(args.model).resolve()) if Path(args.model).suffix in (".yaml", ".yml") else args.model
+    sweep = (str(cfg.bench.sweep), load_sweep(cfg.bench.sweep).source)
+    ab = ab_latency(new, base, model, sweep, gate.latency, cfg.name, new_bench_fresh=ran.get("bench") == "ran")
+    run_pipeline(cfg, root, args.pipeline)  # the report stage catches up with the last bench round
+    df = pd.concat([accuracy, ab_rows(ab.table, gate.latency)], ignore_index=True)
+    header = (f"{cfg.name}: this tree vs base {base_ref.sha[:12]} ({base_ref.how}); latency A/B on "
+              f"{ab.machine_class}, {gate.latency.rounds} rounds per side in the order {' '.join(ab.order)}; "
+              f"accuracy vs {baseline / 'parity.csv'}"
+              + (f". The new side has uncommitted changes ({len(dirty)} files), compared as it is" if dirty else ""))
+    csv, md = write_comparison(df, now / "regress", header)
     bad = df[df["verdict"].isin(BAD)]
-    print(f"\nregression gate: {len(df)} comparisons against {baseline}; {len(bad)} regressions; "
-          f"{(df['verdict'] == 'better').sum()} improvements ({md})")
+    print(f"{len(df)} comparisons ({(df['kind'] == 'latency').sum()} latency A/B, {(df['kind'] == 'parity').sum()} "
+          f"accuracy); {len(bad)} regressions; {df['verdict'].isin(['better', 'fixed']).sum()} improvements ({md})")
     if len(bad):
         print(regression_table(df))
-    if failed:
-        print(f"stages that did not finish: {', '.join(r.stage for r in failed)}")
-    return 1 if len(bad) or failed else 0
+    return 1 if len(bad) else 0
 
 
 def cmd_baseline(args) -> int:
     import shutil
 
+    from stages.artifacts import machine
     from stages.compare import compare_runs, load_regress_config, load_run, markdown
 
-    cfg, failed = _gate_run(args)
+    cfg, failed, _ = _gate_run(args)
     if failed:
         raise PipelineError(f"not refreshing the baseline: {', '.join(r.stage for r in failed)} did not finish")
     root = args.root.resolve()
     now, dest = root / "reports" / cfg.name, root / "reports" / "baselines" / cfg.name
-    if dest.is_dir():
-        df = compare_runs(load_run(str(dest)), load_run(str(now)), load_regress_config())
+    if (dest / "parity.csv").exists():
+        old, new = load_run(str(dest)), load_run(str(now))
+        old.latency = new.latency = None
+        df = compare_runs(old, new, load_regress_config())
         changed = df[df["verdict"] != "same"]
-        print(markdown(changed, f"{cfg.name}: what the new baseline changes") if len(changed) else "baseline unchanged")
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("parity.csv", "latency.csv"):
-        shutil.copy2(now / name, dest / name)
-    print(f"baseline written to {dest}: commit it")
+        print(markdown(changed, f"{cfg.name}: what the new baseline changes") if len(changed) else "parity unchanged")
+    history = dest / "machines" / str(machine()["machine_class"])
+    history.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(now / "parity.csv", dest / "parity.csv")
+    for name in ("latency.csv", "latency_samples.csv"):
+        if (now / name).exists():
+            shutil.copy2(now / name, history / name)
+    print(f"baseline written: {dest / 'parity.csv'} (the accuracy gate) and {history} (latency history of this "
+          f"machine class, never a gate): commit them")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from stages.compare import BAD, compare_runs, load_regress_config, load_run, markdown, write_comparison
+    from stages.compare import (
+        BAD,
+        compare_runs,
+        load_regress_config,
+        load_run,
+        machine_classes,
+        markdown,
+        write_comparison,
+    )
 
-    df = compare_runs(load_run(args.a), load_run(args.b), load_regress_config())
-    csv, md = write_comparison(df, args.out, f"{args.a} (a) vs {args.b} (b)")
-    print(markdown(df, f"{args.a} (a) vs {args.b} (b)"))
+    a, b = load_run(args.a), load_run(args.b)
+    df = compare_runs(a, b, load_regress_config())
+    ca, cb = machine_classes(a), machine_classes(b)
+    title = f"{args.a} (a) vs {args.b} (b)"
+    if ca and cb and ca != cb:
+        title += (f". Different machine classes (a: {', '.join(ca)}; b: {', '.join(cb)}): latency ratios are "
+                  f"normalized within each run, and still depend on the machine; no gate uses them")
+    csv, md = write_comparison(df, args.out, title)
+    print(markdown(df, title))
     print(f"written: {md}, {csv}")
     return 1 if args.fail_on_regression and df["verdict"].isin(BAD).any() else 0
 
@@ -168,8 +221,8 @@ def cmd_segment(args) -> int:
     encoder = mnn / f"encoder.{args.variant}.mnn"
     decoder = mnn / f"decoder.{args.variant}.mnn"
     options: dict[str, dict] = {}
-    if args.variant == "recommended":
-        rec = recommended_models(args.root.resolve(), args.model)
+    if args.variant in ("recommended", "smallest"):
+        rec = recommended_models(args.root.resolve(), args.model, "smallest" if args.variant == "smallest" else "fastest")
         if rec is None:
             logging.warning("no MNN rows in reports/%s/recommended.csv (run `make all`): using the fp32 variant",
                             args.model)
@@ -177,7 +230,7 @@ def cmd_segment(args) -> int:
         else:
             encoder, decoder = rec["encoder"]["path"], rec["decoder"]["path"]
             options = {c: {"precision": r["precision"], **r["options"]} for c, r in rec.items()}
-            logging.info("recommended MNN models (fastest passing parity): %s",
+            logging.info("recommended MNN models (%s passing parity): %s", "smallest" if args.variant == "smallest" else "fastest",
                          "; ".join(f"{r['path'].name} {options[c]}" for c, r in rec.items()))
     if args.precision:
         options = {c: {**options.get(c, {}), "precision": args.precision} for c in ("encoder", "decoder")}
@@ -210,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("status", help="which stages are up to date and why the others would run")
     _model_args(p)
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("regress", help="run with the quick sweep and compare to reports/baselines/MODEL")
+    p = sub.add_parser("regress", help="every stage with the quick sweep; accuracy vs reports/baselines/MODEL, "
+                                       "latency A/B against a base git ref on this machine")
     _model_args(p)
-    p.add_argument("--baseline", type=Path, help="baseline folder (default reports/baselines/MODEL)")
+    p.add_argument("--baseline", type=Path, help="parity baseline folder (default reports/baselines/MODEL)")
+    p.add_argument("--base", help="git ref of the A/B base side (default: configs/regress.yaml base, else the "
+                                  "merge-base of HEAD and main, else HEAD~1)")
     p.set_defaults(func=cmd_regress)
     p = sub.add_parser("baseline", help="run with the quick sweep and make it the new committed baseline")
     _model_args(p)
@@ -227,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="vit_t", help="use build/MODEL/mnn/{encoder,decoder}.VARIANT.mnn")
     p.add_argument("--root", type=Path, default=ROOT)
     p.add_argument("--variant", default="recommended",
-                   help="MNN variant; default: the fastest passing ones in reports/MODEL/recommended.csv, else fp32")
+                   help="MNN variant; default `recommended`: the fastest passing ones in reports/MODEL/recommended.csv "
+                        "(with their load options, memory mode included), else fp32; `smallest`: the smallest passing files")
     p.add_argument("--encoder", type=Path, help="MNN encoder file (overrides --model/--variant)")
     p.add_argument("--decoder", type=Path, help="MNN decoder file (overrides --model/--variant)")
     p.add_argument("--image", type=Path, required=True)

@@ -7,6 +7,7 @@ import functools
 import importlib.metadata
 import os
 import platform
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,17 +89,30 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
+# CPU features that change which kernels runtimes pick (x86 vector/matrix units, ARM fp16/dot-product/i8mm)
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "asimdhp", "asimddp", "i8mm", "fphp",
+                "sve", "sve2", "sme", "sme2")
+
+
 @functools.lru_cache(maxsize=1)
 def machine() -> dict[str, object]:
+    """This machine as report rows name it; machine_class groups machines whose latencies compare."""
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu == (platform.processor() or platform.machine()):
+                cpu = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags |= set(value.split())
     except OSError:
         pass
-    return {"machine": f"{platform.node()}", "cpu": cpu, "cores": os.cpu_count() or 0}
+    cores = os.cpu_count() or 0
+    kernel_flags = [f for f in KERNEL_FLAGS if f in flags]
+    slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\((r|tm)\)|cpu|processor|@.*", "", cpu.lower())).strip("-")
+    return {"machine": f"{platform.node()}", "cpu": cpu, "cores": cores, "cpu_flags": " ".join(kernel_flags),
+            "machine_class": "_".join([slug or platform.machine(), f"{cores}c", *kernel_flags])}
 
 
 def describe_file(path: Path) -> dict[str, object]:

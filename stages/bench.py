@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
-from stages.artifacts import artifact_paths
+from stages.artifacts import artifact_paths, atomic_output, machine
 from stages.config import load_sweep
 from stages.flops import decoder_flops, encoder_flops
 from stages.isolate import run_isolated
@@ -109,6 +110,9 @@ def roofline(ctx, sweep, threads: list[int]) -> dict[int, float]:
     return rates
 
 
+SAMPLES_CSV = "latency_samples.csv"
+
+
 def run(ctx) -> list[dict]:
     sweep = load_sweep(ctx.cfg.bench.sweep)
     threads = sweep.thread_counts()
@@ -118,7 +122,9 @@ def run(ctx) -> list[dict]:
     cells = grid(sweep, ctx.cfg.convert.variants, ctx.cfg.quantize.variants)
     log.info("bench: %d cells from %s, threads %s", len(cells), sweep.source, threads)
     rates = roofline(ctx, sweep, threads)
-    rows = []
+    flags = set(str(machine()["cpu_flags"]).split())
+    rows: list[dict] = []
+    samples: list[dict] = []  # every timed run of every ok cell: what the A/B regression gate tests on
     with tempfile.TemporaryDirectory(prefix="bench-") as d:
         feeds = Path(d) / "feeds.npz"
         image = preprocess_image(photo)
@@ -140,6 +146,16 @@ def run(ctx) -> list[dict]:
             missing = [p for p in needed if not Path(p).exists()]
             if why is None and missing:
                 why = f"{ctx.rel(missing[0])} missing"
+            opts = sweep.runtimes[cell.runtime].modes[cell.mode]
+            kind = ctx.cfg.variant_kind(cell.variant)
+            base["device"] = RUNTIMES[cell.runtime].device(cell.backend)
+            compute = RUNTIMES[cell.runtime].arithmetic(cell.backend, cell.precision, opts, kind, flags)
+            base.update(compute, variant_kind=kind)
+            same = RUNTIMES[cell.runtime].identical_to(cell.precision, opts, kind, cell.backend, flags)
+            if why is None and same and sweep.identical_settings == "skip" \
+                    and same in sweep.runtimes[cell.runtime].precisions:  # the cell it repeats is timed
+                why = (f"precision {cell.precision} computes exactly what precision {same} does on this machine "
+                       f"({compute['compute_note']}); not timed twice (sweep option identical_settings: run times it)")
             if why:
                 rows.extend({**base, **w, "status": f"skipped: {why}"} for w in loads)
                 continue
@@ -157,16 +173,22 @@ def run(ctx) -> list[dict]:
             r = res.result
             sha = ",".join(file_sha256(p)[:16] for p in needed) if cell.runtime != "torch" else ctx.weights
             for w in r["workloads"]:
+                samples.extend({"cell": cell.key, "points": w["points"], "out_h": w["out_size"][0],
+                                "out_w": w["out_size"][1], "run": i, "ms": ms} for i, ms in enumerate(w.pop("samples_ms")))
                 flops = flops_of(ctx.cfg.builder, cell.component, w["points"])
                 gflops = flops / (w["p50_ms"] / 1000) / 1e9
+                # the roofline is the CPU's matmul rate: a GPU cell has none measured, so no fraction of it
+                rate = rates[cell.threads] if base["device"] == "cpu" else float("nan")
                 rows.append({**base, **w, "status": "ok" if w["valid"] else "ok: fewer runs than min_runs",
                              "load_s": r["load_seconds"], "peak_rss_mb": r["peak_rss_mb"],
                              "os_threads": r["os_threads"], "gflop": flops / 1e9, "achieved_gflops": gflops,
-                             "matmul_gflops": rates[cell.threads], "roofline_frac": gflops / rates[cell.threads],
+                             "matmul_gflops": rate, "roofline_frac": gflops / rate,
                              "runtime_version": r["runtime_version"], "artifact_sha256": sha})
     for r in rows:
         r["out_h"], r["out_w"] = r.pop("out_size")
     _speedups(rows)
+    with atomic_output(ctx.reports / SAMPLES_CSV) as tmp:
+        pd.DataFrame(samples, columns=["cell", "points", "out_h", "out_w", "run", "ms"]).to_csv(tmp, index=False)
     return rows
 
 
@@ -175,9 +197,12 @@ def _options_text(opts: dict) -> str:
 
 
 def _speedups(rows: list[dict]) -> None:
-    """speedup_vs_torch: PyTorch eager p50 over the cell's p50, same component, workload and threads."""
-    ref = {(r["component"], r["points"], r["out_h"], r["out_w"], r["threads"]): r["p50_ms"]
-           for r in rows if r["runtime"] == "torch" and r["status"].startswith("ok")}
+    """speedup_vs_torch: PyTorch eager p50 over the cell's p50, same component, workload, threads and kind of
+    device (CPU rows against torch cpu, GPU rows against torch cuda)."""
+    def key(r):
+        return r["component"], r["points"], r["out_h"], r["out_w"], r["threads"], r.get("device", "cpu")
+
+    ref = {key(r): r["p50_ms"] for r in rows if r["runtime"] == "torch" and r["status"].startswith("ok")}
     for r in rows:
-        t = ref.get((r["component"], r["points"], r["out_h"], r["out_w"], r["threads"]))
+        t = ref.get(key(r))
         r["speedup_vs_torch"] = t / r["p50_ms"] if t and r.get("p50_ms") else float("nan")

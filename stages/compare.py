@@ -21,18 +21,37 @@ from stages.errors import PipelineError
 HIGHER_IS_BETTER = {"cosine": True, "mask_iou": True, "logits_within_tol": True, "rel_l2": False,
                     "iou_pred_abs": False}
 LAT_KEY = ["component", "runtime", "backend", "artifact", "precision", "mode", "threads", "points", "out_h", "out_w"]
-PAR_KEY = ["artifact", "precision", "component"]
+PAR_KEY = ["artifact", "precision", "memory", "component"]
 
 
 @dataclass
-class LatencyGate:
+class CompareGate:
+    """`make compare` of two runs: latencies normalized within each run, flagged past the factor."""
+
     factor: float = 1.5
     reference: dict[str, str] = field(default_factory=lambda: {"runtime": "onnxruntime", "artifact": "onnx-sim",
                                                                 "backend": "CPUExecutionProvider"})
 
     def __post_init__(self) -> None:
         if self.factor <= 1.0:
+            raise ValueError(f"compare.factor must be > 1, got {self.factor}")
+
+
+@dataclass
+class LatencyGate:
+    """The A/B gate of `make regress`: both sides timed on this machine in one run."""
+
+    factor: float = 1.3
+    confidence: float = 0.99  # one-sided Mann-Whitney U confidence that the new side is slower
+    rounds: int = 2  # bench rounds per side, alternated base/new, new/base, ...
+
+    def __post_init__(self) -> None:
+        if self.factor <= 1.0:
             raise ValueError(f"latency.factor must be > 1, got {self.factor}")
+        if not 0.5 < self.confidence < 1.0:
+            raise ValueError(f"latency.confidence must be between 0.5 and 1, got {self.confidence}")
+        if self.rounds < 1:
+            raise ValueError(f"latency.rounds must be >= 1, got {self.rounds}")
 
 
 @dataclass
@@ -49,6 +68,20 @@ class AccuracyGate:
 class RegressConfig:
     latency: LatencyGate = field(default_factory=LatencyGate)
     accuracy: AccuracyGate = field(default_factory=AccuracyGate)
+    compare: CompareGate = field(default_factory=CompareGate)
+    base: str | None = None  # the A/B gate's base git ref (BASE= overrides); None: merge-base with main
+
+
+def machine_classes(run: Run) -> list[str]:
+    """The machine classes a run's latency rows were measured on (CPU model, cores, kernel-relevant flags)."""
+    lat = run.latency
+    if lat is None or not len(lat):
+        return []
+    if "machine_class" in lat.columns:
+        return sorted(lat["machine_class"].dropna().astype(str).unique())
+    if {"cpu", "cores"} <= set(lat.columns):
+        return sorted({f"{c} ({n} cores, flags not recorded)" for c, n in zip(lat["cpu"], lat["cores"], strict=True)})
+    return []
 
 
 def load_regress_config(path: Path = CONFIG_DIR / "regress.yaml") -> RegressConfig:
@@ -75,6 +108,8 @@ def load_run(spec: str) -> Run:
         df = pd.read_csv(f) if f.exists() else None
         if name == "latency" and df is not None and "mode" not in df.columns:
             df["mode"] = "default"  # latency.csv from before sweep modes existed
+        if name == "parity" and df is not None and "memory" not in df.columns:
+            df["memory"] = "normal"  # parity.csv from before memory-mode cells existed
         if df is not None and filters:
             if not set(filters) <= set(df.columns):
                 df = None  # e.g. parity.csv has no runtime/backend: a backend filter leaves it out
@@ -87,7 +122,7 @@ def load_run(spec: str) -> Run:
     return Run(str(spec), tables["parity"], tables["latency"], filters)
 
 
-def normalized_latency(lat: pd.DataFrame, gate: LatencyGate) -> pd.DataFrame:
+def normalized_latency(lat: pd.DataFrame, gate: CompareGate) -> pd.DataFrame:
     """p50 over the reference cell's p50 (same component, workload, threads); the reference itself over
     the matmul roofline (p50 x GFLOP/s), so a slower reference is caught too."""
     ok = lat[lat["status"].astype(str).str.startswith("ok")].copy()
@@ -116,7 +151,7 @@ def compare_runs(a: Run, b: Run, cfg: RegressConfig) -> pd.DataFrame:
     if a.parity is not None or b.parity is not None:
         rows += _compare_parity(a.parity, b.parity, cfg.accuracy, drop)
     if a.latency is not None or b.latency is not None:
-        rows += _compare_latency(a.latency, b.latency, cfg.latency, drop)
+        rows += _compare_latency(a.latency, b.latency, cfg.compare, drop)
     return pd.DataFrame(rows, columns=["kind", "cell", "metric", "a", "b", "allowed", "verdict", "note"])
 
 
@@ -136,7 +171,11 @@ def _compare_parity(a, b, gate: AccuracyGate, drop) -> list[dict]:
             rows.append({"kind": "parity", "cell": cell, "metric": "row", "verdict": "missing in b" if rb is None
                          else "new in b", "note": "cell not in both runs"})
             continue
-        pa, pb = bool(ra["pass"]), bool(rb["pass"])
+        if str(rb.get("status", "ok")).startswith("skipped") and not str(ra.get("status", "ok")).startswith("skipped"):
+            rows.append({"kind": "parity", "cell": cell, "metric": "row", "verdict": "not run in b",
+                         "note": str(rb["status"])[:160]})
+            continue
+        pa, pb = ra["pass"] == True, rb["pass"] == True  # noqa: E712 (an empty pass, NaN, is not a pass)
         if pa != pb:
             rows.append({"kind": "parity", "cell": cell, "metric": "pass", "a": pa, "b": pb,
                          "verdict": "newly failing" if pa else "fixed", "note": str(rb.get("failed_checks", ""))})
@@ -158,7 +197,7 @@ def _compare_parity(a, b, gate: AccuracyGate, drop) -> list[dict]:
     return rows
 
 
-def _compare_latency(a, b, gate: LatencyGate, drop) -> list[dict]:
+def _compare_latency(a, b, gate: CompareGate, drop) -> list[dict]:
     na = normalized_latency(a, gate) if a is not None else None
     nb = normalized_latency(b, gate) if b is not None else None
     ia, ib = _index(na, LAT_KEY, drop), _index(nb, LAT_KEY, drop)
@@ -195,7 +234,7 @@ BAD = {"worse", "newly failing", "missing in b"}
 
 def markdown(df: pd.DataFrame, title: str) -> str:
     sign = {"worse": "!", "newly failing": "!!", "missing in b": "?", "better": "+", "fixed": "+", "same": " ",
-            "new in b": "new", "not comparable": "~"}
+            "new in b": "new", "not comparable": "~", "not run in b": "-"}
     lines = [f"# {title}", "", f"{(df['verdict'].isin(BAD)).sum()} regressions, "
              f"{(df['verdict'].isin(['better', 'fixed'])).sum()} improvements, {len(df)} comparisons.", "",
              "| | kind | cell | metric | a | b | allowed | verdict | note |", "|---|---|---|---|---|---|---|---|---|"]

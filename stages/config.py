@@ -98,13 +98,21 @@ class ParityConfig:
     threads: int = 2
     # MNN runtime precisions each converted variant is checked under
     mnn_precisions: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_MNN_PRECISIONS.items()})
+    # MNN memory modes each variant is checked under (default: normal). memory low on a weight-quantized
+    # variant computes with int8 activations (MNN's dynamic quantization): a different computation, so a cell
+    # of its own, `mnn-<variant>@<precision>~memory-low`
+    mnn_memory: dict[str, list[str]] = field(default_factory=dict)
     # tier -> limits. A cell's tier is "variant@precision" if listed, else its variant (fp32 for ONNX).
     thresholds: dict[str, Thresholds] = field(default_factory=lambda: {"fp32": Thresholds()})
     timeout_s: int = 1800
+    # a setting that computes exactly what another does on this machine (MNN precision low on a CPU without
+    # fp16 arithmetic is precision normal): skip (a row says so) or run it anyway
+    identical_settings: str = "skip"
 
     def __post_init__(self) -> None:
         from stages.runtimes import MNN_PRECISIONS
 
+        _check_choice("parity.identical_settings", self.identical_settings, ("skip", "run"))
         if self.threads <= 0:
             raise ValueError(f"parity.threads must be >= 1, got {self.threads}")
         if not self.images:
@@ -112,14 +120,22 @@ class ParityConfig:
         for variant, precs in self.mnn_precisions.items():
             for p in precs:
                 _check_choice(f"parity.mnn_precisions.{variant}", p, MNN_PRECISIONS)
+        for variant, modes in self.mnn_memory.items():
+            for m in modes:
+                _check_choice(f"parity.mnn_memory.{variant}", m, ("normal", "low", "high"))
         if "fp32" not in self.thresholds:
             raise ValueError("parity.thresholds needs an 'fp32' entry (used for ONNX and MNN fp32 cells)")
 
-    def tier(self, variant: str, precision: str) -> str:
-        key = f"{variant}@{precision}"
-        if key in self.thresholds:
-            return key
-        return variant if variant in self.thresholds else "fp32"
+    def tier(self, variant: str, precision: str, memory: str = "normal") -> str:
+        """The thresholds entry a cell is held to: the most specific of variant@precision~memory-M,
+        variant~memory-M (memory other than normal), variant@precision, variant, each also for the variant's
+        family (its name up to the first '-': wint4-b64 -> wint4); else fp32."""
+        keys = []
+        for v in dict.fromkeys([variant, variant.split("-")[0]]):
+            if memory != "normal":
+                keys += [f"{v}@{precision}~memory-{memory}", f"{v}~memory-{memory}"]
+            keys += [f"{v}@{precision}", v]
+        return next((k for k in keys if k in self.thresholds), "fp32")
 
 
 @dataclass
@@ -246,6 +262,12 @@ class ModelConfig:
         if "fp32" not in self.convert.variants and any(q.runtime == "mnn" for q in self.quantize.variants.values()):
             raise ValueError("quantize.variants: MNN's quantizer starts from the fp32 MNN model, but "
                              "convert.variants has no 'fp32' entry")
+
+    def variant_kind(self, variant: str) -> str:
+        """What an artifact stores: full-int8 (a quantize variant), weight-int8 (--weightQuantBits), or float."""
+        if variant in self.quantize.variants:
+            return "full-int8"
+        return "weight-int8" if "--weightQuantBits" in self.convert.variants.get(variant, []) else "float"
 
     def checkpoint_path(self, root: Path) -> Path | None:
         if not self.checkpoint:
@@ -466,6 +488,9 @@ class SweepConfig:
     timing: StopRule = field(default_factory=StopRule)
     roofline: RooflineConfig = field(default_factory=RooflineConfig)
     timeout_s: int = 900  # one child process (one runtime, variant, precision, threads, component)
+    # a setting that computes exactly what another does on this machine (MNN precision low on a CPU without
+    # fp16 arithmetic is precision normal): skip (a row says so) or time it anyway
+    identical_settings: str = "skip"
 
     source: Path | None = field(default=None, compare=False)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
@@ -473,6 +498,7 @@ class SweepConfig:
     def __post_init__(self) -> None:
         from stages.runtimes import RUNTIMES
 
+        _check_choice("identical_settings", self.identical_settings, ("skip", "run"))
         for c in self.components:
             _check_choice("components", c, ("encoder", "decoder", "e2e"))
         for name, rs in self.runtimes.items():

@@ -55,11 +55,15 @@ def run_isolated(task: str, request: dict[str, Any], log_file: Path, timeout_s: 
         req = Path(tmp) / "request.json"
         res = Path(tmp) / "result.json"
         req.write_text(json.dumps({**request, "result_file": str(res)}))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # the child runs in its own temp folder: MNN's converter writes `.__convert_external_data.bin` into the
+        # current directory, so two conversions sharing one (two pipelines at once) corrupted each other's
+        # weights (an fp32 encoder at cosine -0.01). The package comes from this process's tree.
+        tree = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH", "")) if p)}
         with open(log_file, "w") as out:
             proc = subprocess.Popen([sys.executable, "-m", "stages.worker", task, str(req)],
-                                    stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    cwd=Path(__file__).resolve().parent.parent)
+                                    stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
             try:
                 rc = proc.wait(timeout=timeout_s)
                 error = "" if rc == 0 else f"{task} {describe_exit(rc)}"

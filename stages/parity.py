@@ -22,13 +22,14 @@ import torch
 from tqdm import tqdm
 
 from stages import metrics
-from stages.artifacts import artifact_paths
+from stages.artifacts import artifact_paths, machine
 from stages.config import Thresholds
 from stages.errors import PipelineError
 from stages.export_decoder import INPUTS, onnx_decoder
 from stages.isolate import run_isolated
 from stages.models import build_model, file_sha256
 from stages.preprocess import decoder_feeds, preprocess_image
+from stages.runtimes import RUNTIMES
 from stages.samples import PROMPTS, load_cases, load_images, prompt, save_cases
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,11 @@ class ParityCell:
     step: int
     encoder: Path
     decoder: Path
+    memory: str = "normal"
 
     @property
     def key(self) -> str:
-        return f"{self.artifact}@{self.precision}"
+        return f"{self.artifact}@{self.precision}" + ("" if self.memory == "normal" else f"~memory-{self.memory}")
 
 
 def parity_cells(ctx) -> list[ParityCell]:
@@ -58,10 +60,12 @@ def parity_cells(ctx) -> list[ParityCell]:
              ParityCell("onnx-sim", "onnxruntime", "fp32", "fp32", pcfg.tier("fp32", "fp32"), 2, **paths["onnx-sim"])]
     step = 3
     for variant in ctx.cfg.convert.variants:
-        for precision in pcfg.mnn_precisions.get(variant, ["normal"]):
-            cells.append(ParityCell(f"mnn-{variant}", "mnn", precision, variant, pcfg.tier(variant, precision), step,
-                                    **paths[f"mnn-{variant}"]))
-            step += 1
+        for memory in pcfg.mnn_memory.get(variant, ["normal"]):
+            for precision in pcfg.mnn_precisions.get(variant, ["normal"]):
+                cells.append(ParityCell(f"mnn-{variant}", "mnn", precision, variant,
+                                        pcfg.tier(variant, precision, memory), step, **paths[f"mnn-{variant}"],
+                                        memory=memory))
+                step += 1
     for name, q in ctx.cfg.quantize.variants.items():  # full int8, last: the furthest from PyTorch
         precisions = pcfg.mnn_precisions.get(name, ["normal"]) if q.runtime == "mnn" else ["fp32"]
         for precision in precisions:
@@ -115,6 +119,7 @@ def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path) -> dic
     out = tmp / f"{component}-out.npz"
     res = run_isolated("infer", {"runtime": cell.runtime, "model": str(getattr(cell, component)),
                                  "threads": ctx.cfg.parity.threads, "precision": cell.precision,
+                                 "options": {"memory": cell.memory} if cell.runtime == "mnn" else {},
                                  "feeds": str(feeds), "out": str(out)},
                        ctx.build / "logs" / f"parity-{cell.key}-{component}.log", ctx.cfg.parity.timeout_s)
     if not res.ok:
@@ -214,12 +219,23 @@ def run(ctx) -> list[dict]:
     log.info("parity: %d cells x %d images x %d prompts", len(cells), len(images), len(PROMPTS))
     ref = torch_reference(ctx, images)
     rows = []
+    flags = set(str(machine()["cpu_flags"]).split())
     for cell in tqdm(cells, desc="parity", unit="cell"):
         base = {"cell": cell.key, "step": cell.step, "artifact": cell.artifact, "runtime": cell.runtime,
-                "precision": cell.precision, "variant": cell.variant, "tier": cell.tier,
+                "precision": cell.precision, "memory": cell.memory, "variant": cell.variant, "tier": cell.tier,
                 "threads": pcfg.threads, "images": len(images)}
+        kind = ctx.cfg.variant_kind(cell.variant) if cell.artifact not in ("onnx", "onnx-sim") else "float"
+        rt = RUNTIMES[cell.runtime]
+        opts = {"memory": cell.memory} if cell.runtime == "mnn" else {}
+        compute = rt.arithmetic("CPU" if cell.runtime == "mnn" else "cpu", cell.precision, opts, kind, flags)
+        base.update(compute, variant_kind=kind)
+        same = rt.identical_to(cell.precision, opts, kind, "CPU", flags) if cell.runtime == "mnn" else None
         missing = [p for p in (cell.encoder, cell.decoder) if not p.exists()]
-        if missing:
+        if same and pcfg.identical_settings == "skip" and same in pcfg.mnn_precisions.get(cell.variant, ["normal"]):
+            status, results = (f"skipped: precision {cell.precision} computes exactly what precision {same} does on "
+                               f"this machine ({compute['compute_note']}); its rows would repeat {cell.artifact}@"
+                               f"{same} (parity.identical_settings: run checks it anyway)"), []
+        elif missing:
             status, results = f"skipped: {ctx.rel(missing[0])} missing", []
         else:
             try:
@@ -227,8 +243,9 @@ def run(ctx) -> list[dict]:
             except PipelineError as e:
                 status, results = f"failed: {e}", []
                 log.error("parity %s failed: %s", cell.key, e)
-        if not results:
-            results = [{"component": c, "pass": False, "failed_checks": ""} for c in ("encoder", "decoder", "e2e")]
+        if not results:  # a cell that did not run: not passed; one skipped by design is not failed either
+            verdict = None if status.startswith("skipped: precision") else False
+            results = [{"component": c, "pass": verdict, "failed_checks": ""} for c in ("encoder", "decoder", "e2e")]
         for r in results:
             path = cell.encoder if r["component"] == "encoder" else cell.decoder
             sha = file_sha256(path)[:16] if path.exists() else ""
@@ -237,8 +254,8 @@ def run(ctx) -> list[dict]:
     for r in rows:
         th = vars(pcfg.thresholds[r["tier"]])
         r.update({k: th[k[3:]] for k in th_cols}, gate=th["gate"])
-    gating = [r for r in rows if not r["pass"] and r["gate"]]
-    targets = [r for r in rows if not r["pass"] and not r["gate"]]
+    gating = [r for r in rows if r["pass"] is False and r["gate"]]
+    targets = [r for r in rows if r["pass"] is False and not r["gate"]]
     if gating:
         log.error("parity: %d of %d rows below threshold or not run:\n%s", len(gating), len(rows), failure_table(gating))
     if targets:

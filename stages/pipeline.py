@@ -269,15 +269,15 @@ def code_files(module: str) -> list[Path]:
     return sorted(seen.values())
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 class Lock:
-    """build/<model>/pipeline.lock.json: per finished stage its hashes and outputs; plus a file-hash cache."""
+    """build/<model>/pipeline.lock.json: per finished stage its hashes and outputs; plus a file-hash cache.
 
-    def __init__(self, path: Path):
+    Paths under the run's root are stored relative to it (as dvc.lock does), so a project folder that is
+    moved or copied stays up to date; paths outside the root (a sweep file elsewhere) stay absolute."""
+
+    def __init__(self, path: Path, root: Path):
         self.path = path
+        self.root = Path(root)
         self.data: dict[str, Any] = {"stages": {}, "files": {}}
         if path.exists():
             try:
@@ -286,6 +286,18 @@ class Lock:
                 log.warning("lock file %s is unreadable; every stage will re-run", path)
         self.data.setdefault("stages", {})
         self.data.setdefault("files", {})
+
+    def key(self, path: Path) -> str:
+        """How the lock file names a path: relative to the root when under it."""
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+    def resolve(self, key: str) -> Path:
+        """The file a lock-file key names in this root."""
+        p = Path(key)
+        return p if p.is_absolute() else self.root / p
 
     def file_hash(self, path: Path) -> str:
         """sha256 of a file; for an artifact with external weights beside it, of the file and those."""
@@ -296,7 +308,7 @@ class Lock:
 
     def _one_hash(self, path: Path) -> str:
         st = path.stat()
-        key = str(path)
+        key = self.key(path)
         hit = self.data["files"].get(key)
         if hit and hit["size"] == st.st_size and hit["mtime_ns"] == st.st_mtime_ns:
             return hit["sha256"]
@@ -314,9 +326,9 @@ def stage_state(stage: Stage, ctx: StageContext, lock: Lock, report: Path) -> di
     code = {str(f.relative_to(PACKAGE_DIR.parent)): file_sha256(f) for f in code_files(stage.module)}
     return {
         "params": params,
-        "code": _digest(code),
-        "deps": {str(d): lock.file_hash(d) for d in stage.deps if d.exists()},
-        "outs": sorted({str(o) for o in stage.outs + [report]}),
+        "code": code,
+        "deps": {lock.key(d): lock.file_hash(d) for d in stage.deps if d.exists()},
+        "outs": sorted({lock.key(o) for o in stage.outs + [report]}),
     }
 
 
@@ -330,9 +342,11 @@ def why_stale(stage: Stage, state: dict[str, Any], lock: Lock) -> str | None:
             if key == "params":
                 changed = [k for k in state["params"] if old["params"].get(k) != state["params"][k]]
                 return f"params changed: {', '.join(changed) or 'set of params'}"
-            return f"{key} changed"
+            before, now = old.get(key) if isinstance(old.get(key), dict) else {}, state[key]
+            changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+            return f"{key} changed: {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}"
     for out in state["outs"]:
-        p = Path(out)
+        p = lock.resolve(out)
         rec = old.get("out_files", {}).get(out)
         if not p.exists():
             return f"output {p} is missing"
@@ -437,7 +451,7 @@ def run_pipeline(
     results: list[StageResult] = []
     with run_lock(build):
         warn_if_random(cfg, root)
-        lock = Lock(build / "pipeline.lock.json")
+        lock = Lock(build / "pipeline.lock.json", root)
         failed: set[str] = set()
         for stage in stages:
             ctx = StageContext(stage, cfg, root, build, reports, weights, dict(options or {}))
@@ -636,7 +650,7 @@ def _run_stage(stage: Stage, ctx: StageContext, state: dict, lock: Lock, report:
         log.error("[%s] failed: %s", stage.name, detail)
         return StageResult(stage.name, "failed", seconds, detail, peak, tree)
     state = dict(state)
-    state["out_files"] = {o: lock.file_hash(Path(o)) for o in state["outs"]}
+    state["out_files"] = {o: lock.file_hash(lock.resolve(o)) for o in state["outs"]}
     state["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     state["seconds"] = round(seconds, 2)
     state["peak_rss_mb"] = peak

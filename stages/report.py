@@ -24,20 +24,36 @@ COMPONENTS = ("encoder", "decoder", "e2e")
 
 
 def with_modes(lat: pd.DataFrame) -> pd.DataFrame:
-    """latency.csv from before sweep modes existed has no mode columns: every cell ran in the default mode."""
-    if "mode" in lat.columns and "mode_options" in lat.columns:
-        return lat
-    return lat.assign(**{c: lat[c] if c in lat.columns else d for c, d in (("mode", "default"), ("mode_options", "-"))})
+    """Mode columns (latency.csv from before sweep modes existed ran every cell in the default mode), and the
+    MNN memory mode each cell ran with, read from its mode options (memory=low), as parity.csv names it."""
+    lat = lat.assign(**{c: lat[c] if c in lat.columns else d
+                        for c, d in (("mode", "default"), ("mode_options", "-"), ("device", "cpu"))})
+    memory = [next((t.split("=", 1)[1] for t in str(o).split() if t.startswith("memory=")), "normal")
+              for o in lat["mode_options"]]
+    return lat.assign(memory=memory)
 
 
-def parity_verdicts(parity: pd.DataFrame | None) -> dict[tuple[str, str, str], str]:
-    """(artifact, precision, component) -> 'pass' / 'FAIL (...)' from parity.csv."""
-    out: dict[tuple[str, str, str], str] = {}
+def with_checked(parity: pd.DataFrame | None) -> pd.DataFrame | None:
+    """parity.csv with a memory column (older files: normal) and `checked`: the row's cell ran. A cell skipped
+    by design (a setting identical to another here) has no verdict: it neither passes nor fails."""
+    if parity is None:
+        return None
+    parity = parity.assign(memory=parity["memory"].fillna("normal") if "memory" in parity.columns else "normal")
+    checked = (~parity["status"].astype(str).str.startswith("skipped") if "status" in parity.columns
+               else pd.Series(True, index=parity.index))
+    passed = parity["pass"] == True if "pass" in parity.columns else checked  # noqa: E712 (NaN: not passed)
+    return parity.assign(checked=checked, passed=checked & passed)
+
+
+def parity_verdicts(parity: pd.DataFrame | None) -> dict[tuple[str, str, str, str], str]:
+    """(artifact, precision, memory, component) -> 'pass' / 'FAIL (...)' / 'not run (...)' from parity.csv."""
+    out: dict[tuple[str, str, str, str], str] = {}
     if parity is None:
         return out
-    for _, r in parity.iterrows():
-        verdict = "pass" if bool(r["pass"]) else f"FAIL ({r['failed_checks'] or r['status']})"
-        out[(r["artifact"], r["precision"], r["component"])] = verdict
+    for _, r in with_checked(parity).iterrows():
+        verdict = ("pass" if r["passed"] else f"FAIL ({r['failed_checks'] or r['status']})") if r["checked"] \
+            else "not run (identical setting)"
+        out[(r["artifact"], r["precision"], r["memory"], r["component"])] = verdict
     return out
 
 
@@ -45,7 +61,7 @@ def verdict_for(row, verdicts) -> str:
     if row["runtime"] == "torch":
         return "reference"
     precision = "fp32" if row["runtime"] == "onnxruntime" else row["precision"]
-    v = verdicts.get((row["artifact"], precision, row["component"]))
+    v = verdicts.get((row["artifact"], precision, row.get("memory", "normal"), row["component"]))
     if v is None:
         return "not checked"
     if row["backend"] not in ("CPU", "CPUExecutionProvider", "cpu"):
@@ -65,31 +81,39 @@ def fastest_table(lat: pd.DataFrame, verdicts) -> pd.DataFrame:
         if component == "decoder":
             top = sub.sort_values(["points", "out_h"], ascending=False).iloc[0]
             sub = sub[(sub["points"] == top["points"]) & (sub["out_h"] == top["out_h"]) & (sub["out_w"] == top["out_w"])]
-        for runtime, g in sub.groupby("runtime", sort=False):
+        # CPU and GPU cells apart: a GPU row's speed-up is against torch cuda, a CPU row's against torch cpu
+        for (runtime, device), g in sub.groupby(["runtime", "device"], sort=False):
             best = g.loc[g["p50_ms"].idxmin()]
-            rows.append({"component": component, "workload": _workload(best), "runtime": runtime,
+            rows.append({"component": component, "workload": _workload(best),
+                         "runtime": runtime if device == "cpu" else f"{runtime} ({device})",
                          "fastest cell": f"{best['artifact']}@{best['precision']}{_mode(best)} {best['backend']} t{best['threads']}",
                          "p50 ms": round(best["p50_ms"], 1), "cv %": round(best["cv_pct"], 1),
                          "speed-up vs PyTorch": round(best["speedup_vs_torch"], 2),
                          "roofline %": round(100 * best["roofline_frac"], 1),
-                         "peak RSS MB": round(best["peak_rss_mb"]), "parity": verdict_for(best, verdicts)})
+                         "peak RSS MB": round(best["peak_rss_mb"]),
+                         "fp16 / int8 arithmetic": f"{best.get('fp16_compute', '?')} / {best.get('int8_compute', '?')}",
+                         "parity": verdict_for(best, verdicts)})
     return pd.DataFrame(rows)
 
 
-def _passes(parity: pd.DataFrame | None, artifact: str, precision: str, component: str) -> pd.Series | None:
-    """The parity row of (artifact, precision, component) when it and the artifact's e2e row both pass."""
+def _passes(parity: pd.DataFrame | None, artifact: str, precision: str, component: str,
+            memory: str = "normal") -> pd.Series | None:
+    """The parity row of (artifact, precision, memory, component) when it and the artifact's e2e row both pass."""
     if parity is None:
         return None
-    p = parity[(parity["artifact"] == artifact) & (parity["precision"] == precision)]
+    parity = with_checked(parity)
+    p = parity[(parity["artifact"] == artifact) & (parity["precision"] == precision) & (parity["memory"] == memory)]
     own, e2e = p[p["component"] == component], p[p["component"] == "e2e"]
-    if own.empty or e2e.empty or not bool(own["pass"].iloc[0]) or not bool(e2e["pass"].iloc[0]):
+    if own.empty or e2e.empty or not own["passed"].iloc[0] or not e2e["passed"].iloc[0]:
         return None
     return own.iloc[0].combine_first(e2e.iloc[0].rename({"mask_iou": "e2e_mask_iou"}))
 
 
 def recommended(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path = Path(".")) -> pd.DataFrame:
     """Per component and runtime: the fastest benchmarked cell whose artifact passes parity (its own
-    component and end to end), at the highest thread count swept and, for the decoder, the heaviest workload."""
+    component and end to end, at the memory mode it was timed in), at the highest thread count swept and, for
+    the decoder, the heaviest workload (pick `fastest`); for MNN also the smallest passing file (pick
+    `smallest`, the fastest cell of that file)."""
     lat = with_modes(lat)
     ok = lat[lat["status"].str.startswith("ok") & lat["component"].isin(["encoder", "decoder"])
              & lat["backend"].isin(["CPU", "CPUExecutionProvider", "cpu"])]
@@ -105,21 +129,29 @@ def recommended(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path = Pat
         for runtime, g in sub.groupby("runtime", sort=False):
             if runtime == "torch":
                 continue
+            passing = []
             for r in g.sort_values("p50_ms").itertuples():
                 precision = "fp32" if runtime == "onnxruntime" else r.precision
-                par = _passes(parity, r.artifact, precision, component)
+                par = _passes(parity, r.artifact, precision, component, getattr(r, "memory", "normal"))
                 if par is None:
                     continue
                 path = root / str(par["artifact_path"])
-                rows.append({"component": component, "runtime": runtime, "artifact": r.artifact,
-                             "variant": r.variant, "precision": r.precision, "mode": getattr(r, "mode", "default"),
-                             "mode_options": getattr(r, "mode_options", "-"), "threads": r.threads,
-                             "workload": _workload(r._asdict()), "p50_ms": round(r.p50_ms, 1),
-                             "cosine": par.get("cosine"), "mask_iou": par.get("mask_iou"),
-                             "e2e_mask_iou": par.get("e2e_mask_iou"),
-                             "size_mb": round(artifact_bytes(path) / 1e6, 2) if path.is_file() else float("nan"),
-                             "path": str(par["artifact_path"]), "candidates": len(g)})
-                break
+                passing.append({"component": component, "runtime": runtime, "artifact": r.artifact,
+                                "variant": r.variant, "precision": r.precision, "mode": getattr(r, "mode", "default"),
+                                "mode_options": getattr(r, "mode_options", "-"), "threads": r.threads,
+                                "workload": _workload(r._asdict()), "p50_ms": round(r.p50_ms, 1),
+                                "cosine": par.get("cosine"), "mask_iou": par.get("mask_iou"),
+                                "e2e_mask_iou": par.get("e2e_mask_iou"),
+                                "size_mb": round(artifact_bytes(path) / 1e6, 2) if path.is_file() else float("nan"),
+                                "fp16_compute": getattr(r, "fp16_compute", ""), "int8_compute": getattr(r, "int8_compute", ""),
+                                "path": str(par["artifact_path"]), "candidates": len(g)})
+            if not passing:
+                continue
+            rows.append({"pick": "fastest", **passing[0]})
+            if runtime == "mnn":  # the smallest file that passes, in its fastest passing cell
+                sized = [x for x in passing if x["size_mb"] == x["size_mb"]]  # NaN: the file is gone
+                if sized:
+                    rows.append({"pick": "smallest", **min(sized, key=lambda x: (x["size_mb"], x["p50_ms"]))})
     return pd.DataFrame(rows)
 
 
@@ -157,7 +189,7 @@ def int8_table(lat: pd.DataFrame, parity: pd.DataFrame | None, quant: dict, root
                      "decoder mask IoU": round(float(by["decoder"]["mask_iou"]), 3) if "decoder" in by else float("nan"),
                      "e2e mask IoU min / mean": f"{by['e2e']['mask_iou']:.3f} / {by['e2e']['mean_mask_iou']:.3f}"
                      if "e2e" in by else "",
-                     "target met": "yes" if all(bool(r["pass"]) for r in by.values()) else "no",
+                     "target met": "yes" if all(r["pass"] == True for r in by.values()) else "no",  # noqa: E712
                      f"encoder p50 ms (t{top})": round(mine, 1), "float artifact": ref,
                      "float p50 ms": round(theirs, 1),
                      "speed-up": round(theirs / mine, 2) if mine and mine == mine else float("nan"),
@@ -187,7 +219,8 @@ def plot_threads(lat: pd.DataFrame, path: Path) -> None:
         return
     # colour: the artifact (torch, onnx-sim, mnn-fp32, ...); line style: the runtime precision;
     palette = plt.get_cmap("tab10").colors
-    colors = {a: palette[i % 10] for i, a in enumerate(sorted(ok["artifact"].unique()))}
+    ok = ok.assign(series=[a if d == "cpu" else f"{a} ({d})" for a, d in zip(ok["artifact"], ok["device"], strict=True)])
+    colors = {a: palette[i % 10] for i, a in enumerate(sorted(ok["series"].unique()))}  # torch cpu != torch cuda
     dashes = ["-", "--", ":", "-."]
     styles = {p: dashes[i % 4] for i, p in enumerate(sorted(ok["precision"].unique()))}
     # marker: the runtime mode (load/run options)
@@ -201,7 +234,7 @@ def plot_threads(lat: pd.DataFrame, path: Path) -> None:
             sub = sub[(sub["points"] == top["points"]) & (sub["out_h"] == top["out_h"])]
         for (runtime, artifact, precision, backend, mode), g in sub.groupby(["runtime", "artifact", "precision", "backend", "mode"]):
             g = g.sort_values("threads")
-            ax.plot(g["threads"], g["p50_ms"], marker=markers[mode], color=colors[artifact], ls=styles[precision],
+            ax.plot(g["threads"], g["p50_ms"], marker=markers[mode], color=colors[g["series"].iloc[0]], ls=styles[precision],
                     label=f"{runtime} {artifact}@{precision}{'' if mode == 'default' else '~' + mode} ({backend})")
         ax.set_title(f"{component} ({_workload(sub.iloc[0])})")
         ax.set_xlabel("threads")
@@ -225,10 +258,12 @@ def pareto_points(lat: pd.DataFrame, parity: pd.DataFrame | None, component: str
         top = ok.sort_values(["points", "out_h"], ascending=False).iloc[0]
         ok = ok[(ok["points"] == top["points"]) & (ok["out_h"] == top["out_h"])]
     pts = []
-    for (runtime, artifact, precision, mode), g in ok.groupby(["runtime", "artifact", "precision", "mode"]):
+    parity = with_checked(parity)
+    for (runtime, artifact, precision, mode, memory), g in ok.groupby(["runtime", "artifact", "precision", "mode", "memory"]):
         acc = 1.0 if runtime == "torch" else np.nan
         if parity is not None and runtime != "torch":
-            p = parity[(parity["artifact"] == artifact) & (parity["component"] == component)
+            p = parity[(parity["artifact"] == artifact) & (parity["component"] == component) & parity["checked"]
+                       & (parity["memory"] == memory)
                        & (parity["precision"] == ("fp32" if runtime == "onnxruntime" else precision))]
             if not p.empty:
                 acc = float(p["mask_iou"].iloc[0] if component != "encoder" else p["cosine"].iloc[0])
@@ -284,6 +319,58 @@ def plot_pareto(lat: pd.DataFrame, parity: pd.DataFrame | None, path: Path) -> N
     _save(fig, path)
 
 
+def variant_points(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path) -> pd.DataFrame:
+    """One point per MNN variant x memory mode (precision normal): encoder + decoder file size, worst end-to-end
+    mask IoU from parity.csv, and the encoder's fastest p50 at the top thread count (any mode, same memory)."""
+    if parity is None:
+        return pd.DataFrame()
+    parity, lat = with_checked(parity), with_modes(lat)
+    par = parity[(parity["runtime"] == "mnn") & (parity["precision"] == "normal") & parity["checked"]]
+    enc = lat[lat["status"].str.startswith("ok") & (lat["component"] == "encoder") & (lat["runtime"] == "mnn")
+              & (lat["precision"] == "normal") & (lat["device"] == "cpu")]
+    enc = enc[enc["threads"] == enc["threads"].max()] if not enc.empty else enc
+    pts = []
+    for (artifact, memory), g in par.groupby(["artifact", "memory"]):
+        files = [root / str(x) for x in g[g["component"].isin(["encoder", "decoder"])].drop_duplicates("component")["artifact_path"]]
+        e2e = g[g["component"] == "e2e"]
+        t = enc[(enc["artifact"] == artifact) & (enc["memory"] == memory)]["p50_ms"]
+        if e2e.empty or not files or not all(f.is_file() for f in files):
+            continue
+        pts.append({"label": artifact.removeprefix("mnn-") + ("" if memory == "normal" else f"~memory-{memory}"),
+                    "size_mb": round(sum(artifact_bytes(f) for f in files) / 1e6, 2),
+                    "e2e_mask_iou": float(e2e["mask_iou"].iloc[0]), "encoder_p50_ms": float(t.min()) if len(t) else np.nan,
+                    "int8_compute": g["int8_compute"].iloc[0] if "int8_compute" in g.columns else "",
+                    "passes": bool(g["passed"].all())})
+    return pd.DataFrame(pts)
+
+
+def plot_variants(points: pd.DataFrame, path: Path, threads) -> None:
+    """Size against end-to-end accuracy, coloured by encoder latency: the size/accuracy/speed trade at a glance."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    if points.empty:
+        ax.text(0.5, 0.5, "no MNN variant with parity and size data", ha="center", va="center")
+        ax.axis("off")
+        _save(fig, path)
+        return
+    timed = points.dropna(subset=["encoder_p50_ms"])
+    sc = ax.scatter(timed["size_mb"], timed["e2e_mask_iou"], c=timed["encoder_p50_ms"], cmap="viridis_r", s=60,
+                    edgecolors=["k" if p else "r" for p in timed["passes"]])
+    untimed = points[points["encoder_p50_ms"].isna()]
+    ax.scatter(untimed["size_mb"], untimed["e2e_mask_iou"], facecolors="none", edgecolors="0.5", s=60,
+               label="not timed in this sweep")
+    if not timed.empty:
+        fig.colorbar(sc, ax=ax, label=f"encoder p50 at {threads} thread(s), ms (MNN CPU, precision normal)")
+    _label_points(ax, points.rename(columns={"size_mb": "p50_ms", "e2e_mask_iou": "accuracy"}))
+    ax.set_xlabel("encoder + decoder file size, MB")
+    ax.set_ylabel("worst end-to-end mask IoU vs PyTorch")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.6g"))
+    ax.grid(alpha=0.3)
+    if not untimed.empty:
+        ax.legend(fontsize=8)
+    ax.set_title("MNN variants x memory mode: size, accuracy, speed (red edge: fails parity)")
+    _save(fig, path)
+
+
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     with atomic_output(path) as tmp:
@@ -300,6 +387,28 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def what_computed(lat: pd.DataFrame, parity: pd.DataFrame | None, first) -> str:
+    """A plain statement of which arithmetic ran here, and which settings had no effect on this machine."""
+    flags = first.get("cpu_flags", "") if "cpu_flags" in lat.columns else "not recorded"
+    flags = "" if flags != flags else str(flags)  # NaN: no flag of note
+    same = lat[lat["status"].astype(str).str.startswith("skipped: precision")]
+    par_same = (parity[parity["status"].astype(str).str.startswith("skipped: precision")]["cell"].nunique()
+                if parity is not None and "status" in parity.columns else 0)
+    mnn = lat[lat["runtime"] == "mnn"]
+    fp16 = int((mnn.get("fp16_compute", pd.Series(dtype=str)) == "yes").sum())
+    int8 = lat[lat.get("int8_compute", pd.Series("no", index=lat.index)) == "yes"]
+    text = [f"\n**What computed these numbers.** CPU features that pick kernels here: {flags or 'none of note'}."]
+    if len(same) or par_same:
+        text.append(f" MNN's precision low (and Low_BF16) computes fp32 on this CPU, exactly what precision normal "
+                    f"computes (MNN's CPU fp16 arithmetic is ARMv8.2 only; its bf16 kernels need SME2): "
+                    f"{len(same)} latency cells and {par_same} parity cells for those settings were not run a "
+                    f"second time, and their rows say so. fp16 accuracy must be checked where fp16 runs (ARM).")
+    text.append(f" MNN cells that computed in fp16: {fp16}. Cells that computed with int8 arithmetic: {len(int8)} "
+                f"(full int8 models, and weight-quantized MNN variants at memory low: dynamic int8); a "
+                f"weight-quantized variant at memory normal computes in float (only its file is smaller).\n")
+    return "".join(text)
+
+
 def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots: dict[str, Path]) -> str:
     first = lat.iloc[0]
     verdicts = parity_verdicts(parity)
@@ -311,6 +420,7 @@ def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots:
         out.append(f"Weights: {first['weights']}\n")
     out.append(f"Machine: {first['cpu']}, {first['cores']} cores. torch {first['torch_version']}, onnxruntime "
                f"{first['onnxruntime_version']}, MNN {first['mnn_version']}. Image: {first['image']}.\n")
+    out.append(what_computed(lat, parity, first))
     out.append("## Recommended: the fastest variant that passes parity\n")
     out.append("Per component and runtime, at the highest thread count swept (reports/"
                f"{ctx.cfg.name}/recommended.csv; `make segment` loads the MNN rows' files and options).\n\n")
@@ -333,14 +443,21 @@ def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots:
                + ". `roofline %` is the share of that rate a cell reached (component FLOPs / p50).\n")
     out.append(f"\n## Latency against threads\n\n![latency against threads](plots/{plots['threads'].name})\n")
     out.append(f"\n## Accuracy against latency\n\n![accuracy against latency](plots/{plots['pareto'].name})\n")
+    variants = variant_points(lat, parity, ctx.root)
+    out.append(f"\n## MNN variants: size, accuracy, speed\n\n![size, accuracy, speed](plots/{plots['variants'].name})\n\n"
+               "Each MNN variant at precision normal, per memory mode (memory low on a weight-quantized variant "
+               "computes with int8 activations: `int8_compute`).\n\n" + _md(variants.round({"encoder_p50_ms": 1, "e2e_mask_iou": 4})))
     for component in ("encoder", "e2e"):
         df = pareto_points(lat, parity, component)
         if not df.empty:
             df = df.assign(p50_ms=df["p50_ms"].round(1), accuracy=df["accuracy"].round(5))
             out.append(f"\n{component} (Pareto front marked):\n\n" + _md(df[["label", "runtime", "p50_ms", "accuracy", "pareto"]]))
     if parity is not None:
-        bad = parity[~parity["pass"].astype(bool)]
-        out.append(f"\n## Parity\n\n{len(parity) - len(bad)} of {len(parity)} rows pass (reports/{ctx.cfg.name}/parity.csv).\n")
+        parity = with_checked(parity)
+        bad = parity[parity["checked"] & ~parity["passed"]]
+        skipped = parity[~parity["checked"]]
+        out.append(f"\n## Parity\n\n{int(parity['passed'].sum())} of {len(parity)} rows pass, {len(bad)} fail, "
+                   f"{len(skipped)} not run (reports/{ctx.cfg.name}/parity.csv).\n")
         if not bad.empty:
             out.append(_md(bad[["cell", "component", "failed_checks", "status"]]))
     else:
@@ -359,9 +476,11 @@ def run(ctx) -> list[dict]:
     lat = with_modes(pd.read_csv(lat_path))
     parity = pd.read_csv(par_path) if par_path.exists() else None
     plots = {"threads": ctx.reports / "plots" / "latency_vs_threads.png",
-             "pareto": ctx.reports / "plots" / "accuracy_vs_latency.png"}
+             "pareto": ctx.reports / "plots" / "accuracy_vs_latency.png",
+             "variants": ctx.reports / "plots" / "size_accuracy_latency.png"}
     plot_threads(lat, plots["threads"])
     plot_pareto(lat, parity, plots["pareto"])
+    plot_variants(variant_points(lat, parity, ctx.root), plots["variants"], lat["threads"].max())
     rec_path = ctx.reports / "recommended.csv"
     rec = recommended(lat, parity, ctx.root)
     with atomic_output(rec_path) as tmp:

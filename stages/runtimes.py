@@ -14,8 +14,22 @@ import numpy as np
 
 from stages.errors import PipelineError
 
-MNN_PRECISIONS = ("normal", "high", "low", "Low_BF16")
-MNN_BACKENDS = {"CPU": 0, "Metal": 1, "CUDA": 2, "OpenCL": 3, "OpenGL": 6, "Vulkan": 7}
+# pymnn's runtime config (getScheduleConfig in pymnn/src/util.h, MNN 3.6.1) takes integers: the backend as
+# MNN's forward type (its strings must be upper case: "OpenCL" raises "backend not support" even in builds
+# that have OpenCL), precision 0-3, and memory / power 0-2 (a string there is silently ignored). So the
+# sweep's names are mapped to those integers here, and only here.
+MNN_PRECISIONS = {"normal": 0, "high": 1, "low": 2, "Low_BF16": 3}
+MNN_BACKENDS = {"CPU": 0, "Metal": 1, "CUDA": 2, "OpenCL": 3, "OpenGL": 6, "Vulkan": 7, "NN": 5}
+MNN_MODES = {"normal": 0, "high": 1, "low": 2}  # memory and power
+DEVICES = {"cuda": "gpu", "CUDAExecutionProvider": "gpu", "TensorrtExecutionProvider": "gpu", "ROCMExecutionProvider": "gpu",
+           "CUDA": "gpu", "OpenCL": "gpu", "Vulkan": "gpu", "Metal": "gpu", "OpenGL": "gpu",
+           "NN": "npu", "CoreMLExecutionProvider": "npu"}
+
+
+def mnn_schedule(backend: str, threads: int, precision: str, memory: str = "normal", power: str = "normal") -> dict:
+    """The runtime config MNN reads, with every setting as the integer MNN understands."""
+    return {"backend": MNN_BACKENDS[backend], "numThread": threads, "precision": MNN_PRECISIONS[precision],
+            "memory": MNN_MODES[memory], "power": MNN_MODES[power]}
 ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
                  "OpenVINOExecutionProvider", "DnnlExecutionProvider", "CoreMLExecutionProvider",
                  "XnnpackExecutionProvider", "ROCMExecutionProvider")
@@ -63,6 +77,26 @@ class Runtime:
     @classmethod
     def unavailable(cls, backend: str) -> str | None:
         """None when `backend` can run here, else why not."""
+        return None
+
+    @classmethod
+    def device(cls, backend: str) -> str:
+        """cpu, gpu or npu: the kind of device a backend computes on (speed-ups and rooflines compare like with
+        like). Unknown backends (DNNL, OpenVINO, XNNPACK providers) run on the CPU."""
+        return DEVICES.get(backend, "cpu")
+
+    @classmethod
+    def arithmetic(cls, backend: str, precision: str, options: dict, kind: str, cpu_flags: set[str]) -> dict:
+        """What a cell really computes in: fp16_compute and int8_compute (yes / no) and compute_note (why).
+        kind: float | weight-int8 | full-int8 (see ModelConfig.variant_kind)."""
+        int8 = kind == "full-int8"
+        return {"fp16_compute": "no", "int8_compute": "yes" if int8 else "no",
+                "compute_note": "int8 model" if int8 else f"{precision} as requested"}
+
+    @classmethod
+    def identical_to(cls, precision: str, options: dict, kind: str, backend: str, cpu_flags: set[str]) -> str | None:
+        """The precision this setting is bit-identical to on this machine (so a cell for it measures nothing
+        new), or None."""
         return None
 
 
@@ -119,7 +153,7 @@ def external_hint(path: Path) -> str:
 class MnnRuntime(Runtime):
     name = "mnn"
     backends = tuple(MNN_BACKENDS)
-    precisions = MNN_PRECISIONS
+    precisions = tuple(MNN_PRECISIONS)
     # memory/power: the runtime config's modes. shape_mutable=False: the module keeps the shapes of its
     # first run (inputs of a new shape trigger a resize); rearrange=True: weights are laid out once at load.
     mode_options = {"memory": ("low", "normal", "high"), "power": ("low", "normal", "high"),
@@ -131,20 +165,19 @@ class MnnRuntime(Runtime):
         import MNN.expr as F
         import MNN.nn as nn
 
-        if precision not in MNN_PRECISIONS:
-            # MNN treats an unknown string as "normal" without a word: refuse it here instead.
-            raise PipelineError(f"MNN precision {precision!r} is not one of {', '.join(MNN_PRECISIONS)}")
-        if backend not in MNN_BACKENDS:
-            raise PipelineError(f"MNN backend {backend!r} is not one of {', '.join(MNN_BACKENDS)}")
+        for what, value, known in (("precision", precision, MNN_PRECISIONS), ("backend", backend, MNN_BACKENDS),
+                                   ("memory", memory, MNN_MODES), ("power", power, MNN_MODES)):
+            if value not in known:  # MNN would ignore or misread it without a word: refuse it here
+                raise PipelineError(f"MNN {what} {value!r} is not one of {', '.join(known)}")
         if not Path(path).is_file():
             raise PipelineError(f"MNN model {path} does not exist")
         self._F = F
         self.path = Path(path)
-        config = {"backend": backend, "numThread": threads, "precision": precision, "memory": memory, "power": power}
+        self.settings = {"backend": backend, "precision": precision, "memory": memory, "power": power}
         try:
-            self.runtime_manager = nn.create_runtime_manager((config,))
-        except Exception as e:  # e.g. "backend not support" for a GPU backend absent from this build
-            raise PipelineError(f"MNN backend {backend} is not available in this MNN build ({e.__cause__ or e})") from None
+            self.runtime_manager = nn.create_runtime_manager((mnn_schedule(backend, threads, precision, memory, power),))
+        except Exception as e:
+            raise PipelineError(f"MNN could not open backend {backend} ({e.__cause__ or e})") from None
         try:
             self.module = nn.load_module_from_file(str(path), [], [], runtime_manager=self.runtime_manager,
                                                    shape_mutable=shape_mutable, rearrange=rearrange)
@@ -175,6 +208,50 @@ class MnnRuntime(Runtime):
     @classmethod
     def unavailable(cls, backend: str) -> str | None:
         return _mnn_backend_probe(backend)
+
+    @classmethod
+    def arithmetic(cls, backend: str, precision: str, options: dict, kind: str, cpu_flags: set[str]) -> dict:
+        """MNN's CPU computes fp16 only at precision low on an ARMv8.2 CPU with fp16 arithmetic (asimdhp), bf16
+        only with SME2; its GPU backends compute fp16 unless precision is high. A weight-quantized model
+        computes int8 (dynamic: activations quantized at run time) only at memory low; otherwise its weights
+        are expanded to float at load and only the file is smaller."""
+        notes = []
+        if backend != "CPU":
+            fp16 = precision != "high"
+            notes.append(f"GPU backend {'fp16' if fp16 else 'fp32'}")
+        elif precision == "low":
+            fp16 = "asimdhp" in cpu_flags
+            notes.append("precision low in fp16" if fp16 else "precision low computes fp32 on this CPU (no fp16 arithmetic)")
+        elif precision == "Low_BF16":
+            fp16 = False
+            notes.append("bf16" if "sme2" in cpu_flags else "Low_BF16 computes fp32 on this CPU (MNN's bf16 kernels need SME2)")
+        else:
+            fp16 = False
+            notes.append(f"precision {precision}: fp32")
+        memory = options.get("memory", "normal")
+        if kind == "full-int8":
+            int8 = True
+            notes.append("full int8 model")
+        elif kind == "weight-int8":
+            int8 = memory == "low"
+            notes.append("dynamic int8 (memory low)" if int8 else "int8 weights expanded to float at load (memory "
+                         f"{memory})")
+        else:
+            int8 = False
+        return {"fp16_compute": "yes" if fp16 else "no", "int8_compute": "yes" if int8 else "no",
+                "compute_note": "; ".join(notes)}
+
+    @classmethod
+    def identical_to(cls, precision: str, options: dict, kind: str, backend: str, cpu_flags: set[str]) -> str | None:
+        """On a CPU without fp16 arithmetic, precision low computes exactly what normal does (measured: outputs
+        bit-identical); Low_BF16 likewise without SME2."""
+        if backend != "CPU":
+            return None
+        if precision == "low" and "asimdhp" not in cpu_flags:
+            return "normal"
+        if precision == "Low_BF16" and "sme2" not in cpu_flags:
+            return "normal"
+        return None
 
 
 class TorchRuntime(Runtime):

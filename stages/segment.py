@@ -80,6 +80,27 @@ class Prediction:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+# What each component's file must take and give (the exported interface: stages/export_*.py)
+COMPONENT_IO = {
+    "encoder": (["image"], ["image_embeddings"]),
+    "decoder": (["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"],
+                ["masks", "iou_predictions", "low_res_masks"]),
+}
+
+
+def check_interface(rt: MnnRuntime, component: str) -> None:
+    """A model given as the wrong component (the decoder as --encoder) fails here, naming what it has."""
+    want_in, want_out = COMPONENT_IO[component]
+    if set(want_in) <= set(rt.input_names) and set(want_out) <= set(rt.output_names):
+        return
+    other = next((c for c, (i, o) in COMPONENT_IO.items() if c != component and set(i) <= set(rt.input_names)
+                  and set(o) <= set(rt.output_names)), None)
+    raise PipelineError(
+        f"{rt.path} is not a SAM {component}: it takes {', '.join(rt.input_names)} and gives "
+        f"{', '.join(rt.output_names)}; a {component} takes {', '.join(want_in)} and gives {', '.join(want_out)}"
+        + (f". It looks like the {other}: pass it as --{other}" if other else ""))
+
+
 class MnnSamPredictor:
     """SamPredictor's interface over the converted MNN encoder and decoder."""
 
@@ -94,6 +115,8 @@ class MnnSamPredictor:
                                   **{"precision": precision, **options.get("encoder", {})})
         self.decoder = MnnRuntime(Path(decoder), threads=threads, backend=backend,
                                   **{"precision": precision, **options.get("decoder", {})})
+        for component, rt in (("encoder", self.encoder), ("decoder", self.decoder)):
+            check_interface(rt, component)
         self.timings_ms = {"load": (time.perf_counter() - t0) * 1000}
         self.embeddings: np.ndarray | None = None
         self.original_size: tuple[int, int] | None = None
@@ -213,16 +236,18 @@ def parse_options(text: str) -> dict[str, object]:
     return out
 
 
-def recommended_models(root: Path, model: str) -> dict[str, dict] | None:
-    """The MNN rows of reports/MODEL/recommended.csv (the fastest variant of each component that passes
-    parity): component -> {path, precision, options}. None when there is no such file or row."""
+def recommended_models(root: Path, model: str, pick: str = "fastest") -> dict[str, dict] | None:
+    """The MNN rows of reports/MODEL/recommended.csv (pick `fastest`: the fastest variant of each component that
+    passes parity; `smallest`: the smallest file that passes): component -> {path, precision, options (memory
+    mode included)}. None when there is no such file or row."""
     import csv
 
     path = Path(root) / "reports" / model / "recommended.csv"
     if not path.is_file():
         return None
     with open(path, newline="") as f:
-        rows = {r["component"]: r for r in csv.DictReader(f) if r.get("runtime") == "mnn"}
+        rows = {r["component"]: r for r in csv.DictReader(f)
+                if r.get("runtime") == "mnn" and r.get("pick", "fastest") == pick}
     if not {"encoder", "decoder"} <= set(rows):
         return None
     return {c: {"path": Path(root) / rows[c]["path"], "precision": rows[c]["precision"],

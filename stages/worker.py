@@ -53,7 +53,8 @@ def infer(req: dict) -> dict:
     from stages.samples import load_cases
 
     t0 = time.perf_counter()
-    rt = RUNTIMES[req["runtime"]](Path(req["model"]), threads=req["threads"], precision=req["precision"])
+    rt = RUNTIMES[req["runtime"]](Path(req["model"]), threads=req["threads"], precision=req["precision"],
+                                  **req.get("options", {}))
     load_seconds = time.perf_counter() - t0
     cases = load_cases(Path(req["feeds"]))
     outs = {}
@@ -78,7 +79,9 @@ def peak_rss_mb() -> float:
 def mnn_probe(req: dict) -> dict:
     import MNN.nn as nn
 
-    rm = nn.create_runtime_manager(({"backend": req["backend"], "numThread": 1},))
+    from stages.runtimes import mnn_schedule
+
+    rm = nn.create_runtime_manager((mnn_schedule(req["backend"], 1, "normal"),))
     sys.stdout.flush()
     return {"created": rm is not None}
 
@@ -123,7 +126,7 @@ def bench(req: dict) -> dict:
                 return dec.run(decoder_feeds(emb, pts, labels, photo.shape[:2]))
         timing = measure(fn, rule)
         results.append({**w, **summarize(timing.samples_s), "first_run_ms": timing.first_run_s * 1000,
-                        "valid": timing.valid})
+                        "valid": timing.valid, "samples_ms": [round(x * 1000, 4) for x in timing.samples_s]})
     return {"load_seconds": load_seconds, "workloads": results,
             "peak_rss_mb": peak_rss_mb(),
             "os_threads": psutil.Process().num_threads(), "runtime_version": cls.version()}

@@ -1,10 +1,19 @@
-"""Shared fixtures: a tiny SAM (real modules, small widths) run through the real pipeline once per session."""
+"""Shared fixtures: tiny SAMs (real modules, small widths) run through the real pipeline once per session.
+
+Each tiny pipeline is built once; a test that changes files or re-runs stages works on a copy of it. The lock
+file holds paths relative to the root, so a copied build is up to date in its new place.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -14,6 +23,24 @@ from stages.pipeline import run_pipeline
 HERE = Path(__file__).resolve().parent
 ROOT_DIR = HERE.parent
 TINY = HERE / "configs" / "tiny_vit_t.yaml"
+ALL_STAGES = ["export_encoder", "export_decoder", "simplify", "convert", "quantize", "parity", "bench", "profile",
+              "report"]
+# the smallest useful tiny config: one MNN variant, one photo, no full int8
+FP32_ONLY = {"convert.variants": {"fp32": []}, "name": "tiny_fp32", "parity.images": ["chelsea"],
+             "parity.mnn_precisions": {"fp32": ["normal"]}, "quantize.variants": {}}
+
+
+# `make test` runs two pytest-xdist workers (--dist loadgroup): the tests that share a session-built pipeline
+# run on one worker, so each pipeline is built once.
+GROUPS = {"tiny_run": "tiny", "fp32_build": "fp32", "fp32_only": "fp32", "external_run": "external"}
+
+
+def pytest_itemcollected(item):
+    """Mark each test with the group of the session pipeline it uses (at collection: xdist reads the marks
+    in its own pytest_collection_modifyitems, which runs before a conftest's)."""
+    group = next((g for f, g in GROUPS.items() if f in getattr(item, "fixturenames", ())), None)
+    if group:
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def write_config(path: Path, base: Path = TINY, **overrides) -> Path:
@@ -33,31 +60,71 @@ def statuses(results) -> dict[str, str]:
     return {r.stage: r.status for r in results}
 
 
+def copy_build(src_root: Path, dst_root: Path) -> Path:
+    """A finished build in another root; copy2 keeps mtimes, so the lock's file-hash cache stays valid."""
+    shutil.copytree(src_root, dst_root, symlinks=True)
+    return dst_root
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """Root, config and results of one full pipeline run on the tiny vit_t."""
+    """Root, config and results of one full pipeline run on the tiny vit_t (every variant, full int8)."""
     root = tmp_path_factory.mktemp("tiny")
     cfg = load_model_config(str(TINY))
     results = run_pipeline(cfg, root)
     return root, cfg, results
 
 
+@pytest.fixture(scope="session")
+def fp32_build(tmp_path_factory):
+    """Root, config path and stage statuses of one fp32-only tiny pipeline, built once for the session."""
+    tmp = tmp_path_factory.mktemp("fp32")
+    cfg_path = write_config(tmp / "tiny_fp32.yaml", **FP32_ONLY)
+    results = run_pipeline(load_model_config(str(cfg_path)), tmp / "root")
+    return tmp / "root", cfg_path, statuses(results)
+
+
 @pytest.fixture
-def fp32_only(tmp_path):
-    """A fresh root and a tiny config with only the fp32 variant (for tests that re-run stages)."""
-    cfg_path = write_config(tmp_path / "tiny_fp32.yaml", **{"convert.variants": {"fp32": []}, "name": "tiny_fp32",
-                                                            "parity.images": ["chelsea"],
-                                                            "parity.mnn_precisions": {"fp32": ["normal"]},
-                                                            "quantize.variants": {}})
-    root = tmp_path / "root"
-    root.mkdir()
+def fp32_only(fp32_build, tmp_path):
+    """A copy of the finished fp32-only build in a fresh root, and a copy of its config (edit it freely)."""
+    src_root, src_cfg, _ = fp32_build
+    root = copy_build(src_root, tmp_path / "root")
+    cfg_path = tmp_path / "tiny_fp32.yaml"
+    shutil.copy(src_cfg, cfg_path)
     return root, cfg_path
 
 
 @pytest.fixture
 def copy_tree():
-    def copy(src: Path, dst: Path) -> Path:
-        shutil.copytree(src, dst)
-        return dst
+    return copy_build
 
-    return copy
+
+@contextlib.contextmanager
+def killing_worker(sig: int, task: str = "", parent: bool = False) -> Iterator[list[int]]:
+    """While the body runs, send `sig` to the first `python -m stages.worker TASK` process seen (any task when
+    task is empty), or to its parent (the stage's own process) when parent is true. Yields the pids hit."""
+    found: list[int] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        me = psutil.Process()
+        while not stop.is_set():
+            for child in me.children(recursive=True):
+                try:
+                    cmd = child.cmdline()
+                    if "stages.worker" in cmd and (not task or task in cmd):
+                        victim = child.parent() if parent else child
+                        victim.send_signal(sig)
+                        found.append(victim.pid)
+                        return
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=loop)
+    killer.start()
+    try:
+        yield found
+    finally:
+        stop.set()
+        killer.join()

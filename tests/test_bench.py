@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 
 import pandas as pd
 import pytest
-from test_isolation import _kill_first_worker
 
-from conftest import statuses, write_config
+from conftest import copy_build, killing_worker, statuses, write_config
 from stages.config import load_model_config, load_sweep
 from stages.errors import ConfigError
 from stages.pipeline import run_pipeline
@@ -80,10 +78,11 @@ def test_auto_threads_go_up_to_the_cores(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_latency(tmp_path_factory):
-
-    root = tmp_path_factory.mktemp("bench")
-    cfg = load_model_config(str(write_config(root / "tiny_vit_t.yaml", **{"bench.sweep": "tests/configs/sweep_tiny.yaml"})))
+def tiny_latency(tiny_run, tmp_path_factory):
+    """The session's tiny build, copied, with the bench stage re-run on the test sweep (nothing else re-runs)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    root = copy_build(tiny_run[0], tmp / "root")
+    cfg = load_model_config(str(write_config(tmp / "tiny_vit_t.yaml", **{"bench.sweep": "tests/configs/sweep_tiny.yaml"})))
     results = statuses(run_pipeline(cfg, root, targets=["bench", "report"]))
     return root, pd.read_csv(root / "reports" / cfg.name / "latency.csv"), results
 
@@ -91,6 +90,7 @@ def tiny_latency(tmp_path_factory):
 def test_sweep_rows_cover_the_grid_with_honest_skips(tiny_latency):
     _, df, results = tiny_latency
     assert results["bench"] == "ran" and results["report"] == "ran"
+    assert {s for s, v in results.items() if v == "ran"} == {"bench", "report"}  # the copied build was reused
     # 3 components; decoder has 2 workloads; 6 runtime/backend combos; 2 thread counts
     assert len(df) == (1 + 2 + 1) * 6 * 2
     skipped = df[df["status"].str.startswith("skipped")]
@@ -127,7 +127,8 @@ def test_summary_and_plots_are_written(tiny_latency):
     for runtime in ("torch", "onnxruntime", "mnn"):
         assert f"| {runtime} |" in text
     assert "skipped: MNN backend CUDA" in text
-    for png in ("latency_vs_threads.png", "accuracy_vs_latency.png"):
+    assert "**What computed these numbers.**" in text and "MNN variants: size, accuracy, speed" in text
+    for png in ("latency_vs_threads.png", "accuracy_vs_latency.png", "size_accuracy_latency.png"):
         data = (reports / "plots" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
@@ -144,26 +145,19 @@ def test_pareto_front_marks_dominated_points():
     assert front == {"mnn-wint8@normal": True, "onnx-sim@fp32": True, "mnn-fp32@normal": False, "torch@fp32": True}
 
 
-def test_crashing_cell_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
+def test_crashing_cell_is_a_failed_row_and_the_sweep_goes_on(fp32_only, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(json.dumps({"components": ["decoder"], "decoder": {"points": [1], "out_sizes": [[64, 64]]},
                                        "runtimes": {"mnn": {"backends": ["CPU"], "variants": ["fp32"], "precisions": ["normal", "high"]}},
                                        "threads": [1], "timing": {"warmup": 1, "min_runs": 20, "min_seconds": 1.0, "max_seconds": 5},
                                        "roofline": {"matmul_n": 128, "min_seconds": 0.01}}))
-    cfg_path = write_config(tmp_path / "c.yaml", name="tiny_crash", **{"bench.sweep": str(sweep),
-                                                                      "convert.variants": {"fp32": []}})
-    cfg = load_model_config(str(cfg_path))
-    run_pipeline(cfg, tmp_path, targets=["convert"])
-    found, stop = [], threading.Event()
-    killer = threading.Thread(target=_kill_first_worker, args=(signal.SIGKILL, found, stop, "bench"))
-    killer.start()
-    try:
-        results = statuses(run_pipeline(cfg, tmp_path, targets=["bench"]))
-    finally:
-        stop.set()
-        killer.join()
+    root, cfg_path = fp32_only
+    cfg = load_model_config(str(write_config(cfg_path, base=cfg_path, **{"bench.sweep": str(sweep)})))
+    with killing_worker(signal.SIGKILL, "bench") as found:
+        results = statuses(run_pipeline(cfg, root, targets=["bench"]))
     assert found and results["bench"] == "failed"
-    df = pd.read_csv(tmp_path / "reports" / "tiny_crash" / "latency.csv")
+    assert {s for s, v in results.items() if v != "cached"} == {"bench"}
+    df = pd.read_csv(root / "reports" / "tiny_fp32" / "latency.csv")
     assert len(df) == 2
     assert df.iloc[0]["status"].startswith("failed") and "SIGKILL" in df.iloc[0]["status"]
     assert df.iloc[1]["status"] == "ok" and df.iloc[1]["p50_ms"] > 0

@@ -1,33 +1,50 @@
-"""The runner's cache: nothing changed -> nothing runs; a param, a deleted output or a stale temp file re-runs
-exactly what it should."""
+"""The runner's cache: nothing changed -> nothing runs, also in a build moved to another folder; a param, a
+deleted output or a stale temp file re-runs exactly what it should."""
 
 from __future__ import annotations
 
-import time
+import json
 
+from conftest import ALL_STAGES as ALL
 from conftest import statuses, write_config
+from stages.__main__ import main
 from stages.artifacts import partial_name
 from stages.config import load_model_config
 from stages.pipeline import run_pipeline
-
-ALL = ["export_encoder", "export_decoder", "simplify", "convert", "quantize", "parity", "bench", "profile", "report"]
 
 
 def _run(root, cfg_path, **kw):
     return statuses(run_pipeline(load_model_config(str(cfg_path)), root, **kw))
 
 
-def test_second_run_skips_every_stage_and_is_fast(fp32_only):
-    root, cfg_path = fp32_only
-    assert set(_run(root, cfg_path).values()) == {"ran"}
-    t0 = time.perf_counter()
+def test_moved_build_is_up_to_date_and_a_second_run_runs_nothing(fp32_build, fp32_only, capsys):
+    assert set(fp32_build[2].values()) == {"ran"}  # the session's build ran every stage once
+    root, cfg_path = fp32_only  # ... and was copied to another root
+    lock_file = root / "build" / "tiny_fp32" / "pipeline.lock.json"
+    lock = json.loads(lock_file.read_text())
+    paths = [*lock["files"], *(k for s in lock["stages"].values() for k in [*s["deps"], *s["outs"]])]
+    assert paths and not [p for p in paths if p.startswith("/") and str(fp32_build[0]) in p]  # relative to the root
+    assert main(["status", "--model", str(cfg_path), "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines() if "up to date" in line] == ALL, out
+    before = lock_file.read_bytes()
     assert _run(root, cfg_path) == dict.fromkeys(ALL, "cached")
-    assert time.perf_counter() - t0 < 10
+    assert lock_file.read_bytes() == before  # nothing ran, nothing was re-hashed into the lock
+
+
+def test_status_names_the_changed_code_file(fp32_only, capsys):
+    root, cfg_path = fp32_only
+    lock_file = root / "build" / "tiny_fp32" / "pipeline.lock.json"
+    lock = json.loads(lock_file.read_text())
+    lock["stages"]["report"]["code"]["stages/report.py"] = "0" * 64  # as if report.py had been edited since
+    lock_file.write_text(json.dumps(lock))
+    assert main(["status", "--model", str(cfg_path), "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "report           will run: code changed: stages/report.py" in out, out
 
 
 def test_param_change_reruns_that_stage_and_downstream_only(fp32_only):
     root, cfg_path = fp32_only
-    _run(root, cfg_path)
     write_config(cfg_path, base=cfg_path, **{"export.multimask_output": True})
     assert _run(root, cfg_path) == {**dict.fromkeys(ALL, "ran"), "export_encoder": "cached"}
     write_config(cfg_path, base=cfg_path, **{"convert.timeout_s": 901})
@@ -38,14 +55,13 @@ def test_param_change_reruns_that_stage_and_downstream_only(fp32_only):
 
 def test_opset_change_reruns_both_exports(fp32_only):
     root, cfg_path = fp32_only
-    _run(root, cfg_path)
     write_config(cfg_path, base=cfg_path, **{"export.opset": 16})
-    assert _run(root, cfg_path) == dict.fromkeys(ALL, "ran")
+    # up to simplify: that the new exports carry on downstream is test_param_change's check
+    assert _run(root, cfg_path, targets=["simplify"]) == dict.fromkeys(["export_encoder", "export_decoder", "simplify"], "ran")
 
 
 def test_deleted_or_altered_output_reruns_the_stage_that_makes_it(fp32_only):
     root, cfg_path = fp32_only
-    _run(root, cfg_path)
     mnn = root / "build" / "tiny_fp32" / "mnn" / "decoder.fp32.mnn"
     mnn.unlink()
     # convert makes the same bytes again, so parity, which reads them, stays cached
@@ -59,7 +75,6 @@ def test_deleted_or_altered_output_reruns_the_stage_that_makes_it(fp32_only):
 
 def test_partial_files_from_an_interrupted_run_are_removed(fp32_only):
     root, cfg_path = fp32_only
-    _run(root, cfg_path)
     out = root / "build" / "tiny_fp32" / "mnn" / "encoder.fp32.mnn"
     stale = partial_name(out)
     stale.parent.mkdir()

@@ -124,14 +124,35 @@ def test_recommended_is_the_fastest_that_passes_parity():
     parity = pd.DataFrame([_par("mnn-fast", "encoder", False), _par("mnn-fast", "e2e", False),
                            _par("mnn-ok", "encoder", True), _par("mnn-ok", "e2e", True, mask_iou=0.97),
                            _par("mnn-slow", "encoder", True), _par("mnn-slow", "e2e", True)])
-    rec = recommended(lat, parity)
-    assert len(rec) == 1
-    r = rec.iloc[0]
+    rec = recommended(lat, parity).set_index("pick")
+    assert list(rec.index) == ["fastest"]  # no files on disk: no size, so no smallest pick
+    r = rec.loc["fastest"]
     assert (r["artifact"], r["mode"], r["p50_ms"], r["threads"]) == ("mnn-ok", "fixed", 20.0, 2)
     assert r["e2e_mask_iou"] == 0.97
     # an artifact whose e2e row fails is not recommended even if its own component passes
     parity.loc[(parity["artifact"] == "mnn-ok") & (parity["component"] == "e2e"), "pass"] = False
     assert recommended(lat, parity).iloc[0]["artifact"] == "mnn-slow"
+
+
+def test_smallest_pick_and_memory_low_cells_match_their_own_parity_rows(tmp_path):
+    for name, mb in (("big", 3), ("small", 1)):
+        (tmp_path / f"{name}.mnn").write_bytes(b"x" * mb * 1_000_000)
+    lat = pd.DataFrame([
+        _lat(artifact="mnn-big", variant="big", p50_ms=10.0),
+        _lat(artifact="mnn-small", variant="small", p50_ms=30.0),
+        _lat(artifact="mnn-small", variant="small", p50_ms=25.0, mode="low", mode_options="memory=low"),
+    ])
+    parity = pd.DataFrame([_par("mnn-big", c, True, artifact_path="big.mnn") for c in ("encoder", "e2e")]
+                          + [_par("mnn-small", c, True, artifact_path="small.mnn") for c in ("encoder", "e2e")]
+                          + [_par("mnn-small", c, c == "e2e", artifact_path="small.mnn", memory="low")
+                             for c in ("encoder", "e2e")])
+    rec = recommended(lat, parity, tmp_path).set_index("pick")
+    assert rec.loc["fastest", "artifact"] == "mnn-big"
+    # the smallest file passes at memory normal only: its memory-low cell (faster) fails its own parity row
+    assert (rec.loc["smallest", "artifact"], rec.loc["smallest", "p50_ms"]) == ("mnn-small", 30.0)
+    parity.loc[parity["memory"] == "low", "pass"] = True
+    rec = recommended(lat, parity, tmp_path).set_index("pick")
+    assert (rec.loc["smallest", "p50_ms"], rec.loc["smallest", "mode_options"]) == (25.0, "memory=low")
 
 
 def test_segment_defaults_to_the_recommended_files(tmp_path):

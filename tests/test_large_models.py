@@ -4,15 +4,12 @@ peak memory per stage, stage processes whose death (the OOM killer) fails one st
 from __future__ import annotations
 
 import signal
-import threading
-import time
 
 import onnx
 import pandas as pd
-import psutil
 import pytest
 
-from conftest import statuses, write_config
+from conftest import copy_build, killing_worker, statuses, write_config
 from stages.config import load_model_config, load_sweep
 from stages.pipeline import Lock, run_pipeline
 
@@ -55,8 +52,9 @@ def test_external_weights_go_through_every_stage(external_run):
     assert parity["pass"].all() and {"mnn-fp32", "mnn-fp16", "onnx", "onnx-sim"} <= set(parity["artifact"])
 
 
-def test_changed_side_file_reruns_its_stage(external_run):
-    root, cfg_path, _ = external_run  # the lock records absolute paths: work in place, and leave it whole
+def test_changed_side_file_reruns_its_stage(external_run, tmp_path):
+    root, cfg_path, _ = external_run
+    root = copy_build(root, tmp_path / "root")  # the lock holds relative paths: the copy is up to date
     cfg = load_model_config(str(cfg_path))
     weight = root / "build" / "tiny_ext" / "mnn" / "encoder.fp32.mnn.weight"
     weight.unlink()  # the .mnn alone still loads (to NaN): the stage must see its artifact is not whole
@@ -68,7 +66,7 @@ def test_changed_side_file_reruns_its_stage(external_run):
 
 def test_every_stage_reports_its_peak_memory(external_run):
     root, _, _ = external_run
-    lock = Lock(root / "build" / "tiny_ext" / "pipeline.lock.json")
+    lock = Lock(root / "build" / "tiny_ext" / "pipeline.lock.json", root)
     for stage, state in lock.data["stages"].items():
         report = root / "reports" / "tiny_ext" / ("latency.csv" if stage == "bench" else f"{stage}.csv")
         peak = pd.read_csv(report)["stage_peak_rss_mb"]
@@ -80,40 +78,19 @@ def test_every_stage_reports_its_peak_memory(external_run):
     assert lock.data["stages"]["convert"]["peak_rss_mb"] > 100
 
 
-def test_a_stage_process_killed_like_the_oom_killer_fails_that_stage_only(tmp_path):
-    cfg_path = write_config(tmp_path / "c.yaml", name="tiny_oom", **{
-        "convert.variants": {"fp32": []}, "parity.images": ["chelsea"], "parity.mnn_precisions": {"fp32": ["normal"]}})
+def test_a_stage_process_killed_like_the_oom_killer_fails_that_stage_only(fp32_only):
+    root, cfg_path = fp32_only
     cfg = load_model_config(str(cfg_path))
-    root = tmp_path / "root"
-    found, stop = [], threading.Event()
-
-    def kill_stage_process():  # the parent of the converter's worker is the convert stage's process
-        me = psutil.Process()
-        while not stop.is_set():
-            for child in me.children(recursive=True):
-                try:
-                    if "stages.worker" in child.cmdline() and "mnnconvert" in child.cmdline():
-                        stage = child.parent()
-                        stage.send_signal(signal.SIGKILL)
-                        found.append(stage.pid)
-                        return
-                except psutil.NoSuchProcess:
-                    pass
-            time.sleep(0.005)
-
-    killer = threading.Thread(target=kill_stage_process)
-    killer.start()
-    try:
+    (root / "build" / "tiny_fp32" / "mnn" / "encoder.fp32.mnn").unlink()  # convert has work to do
+    # the parent of the converter's worker is the convert stage's own process
+    with killing_worker(signal.SIGKILL, "mnnconvert", parent=True) as found:
         results = {r.stage: r for r in run_pipeline(cfg, root)}
-    finally:
-        stop.set()
-        killer.join()
     assert found
     assert results["convert"].status == "failed" and "SIGKILL" in results["convert"].detail
     assert "out-of-memory" in results["convert"].detail
     assert results["parity"].status == "skipped"
-    assert (root / "build" / "tiny_oom" / "onnx" / "encoder.sim.onnx").exists()  # earlier outputs are kept
-    assert pd.read_csv(root / "reports" / "tiny_oom" / "convert.csv")["status"].str.contains("SIGKILL").all()
+    assert (root / "build" / "tiny_fp32" / "onnx" / "encoder.sim.onnx").exists()  # earlier outputs are kept
+    assert pd.read_csv(root / "reports" / "tiny_fp32" / "convert.csv")["status"].str.contains("SIGKILL").all()
     assert statuses(run_pipeline(cfg, root))["convert"] == "ran"  # and the next run resumes there
 
 

@@ -1,4 +1,5 @@
-"""The regression gate and run comparison, on report tables: what fails the gate and what does not."""
+"""Run comparison (`make compare`) on report tables: what is flagged and what is not. The A/B regression gate
+is in test_regress_ab.py."""
 
 from __future__ import annotations
 
@@ -106,28 +107,6 @@ def test_backends_side_by_side_from_one_run(tmp_path):
     assert lat.loc["encoder/default/2/1/1200/1800", "note"].startswith("x")
 
 
-def test_regress_cli_fails_with_a_table_and_passes_on_its_own_baseline(tmp_path, capsys):
-    from conftest import TINY, write_config
-
-    cfg = write_config(tmp_path / "tiny_gate.yaml", name="tiny_gate", **{
-        "bench.sweep": "tests/configs/sweep_min.yaml", "convert.variants": {"fp32": []},
-        "parity.images": ["chelsea"], "parity.mnn_precisions": {"fp32": ["normal"]}}, base=TINY)
-    root = tmp_path / "root"
-    assert main(["baseline", "--model", str(cfg), "--root", str(root)]) == 0
-    base = root / "reports" / "baselines" / "tiny_gate"
-    assert (base / "parity.csv").exists() and (base / "latency.csv").exists()
-    assert main(["regress", "--model", str(cfg), "--root", str(root)]) == 0
-    out = capsys.readouterr().out
-    assert "0 regressions" in out
-    # a baseline edited to demand better accuracy makes the gate fail, naming the cell and metric
-    parity = pd.read_csv(base / "parity.csv")
-    parity.loc[parity["component"] == "encoder", "cosine"] = 1.5
-    parity.to_csv(base / "parity.csv", index=False)
-    assert main(["regress", "--model", str(cfg), "--root", str(root)]) == 1
-    out = capsys.readouterr().out
-    assert "cosine" in out and "worse" in out and (root / "reports" / "tiny_gate" / "regress.md").exists()
-
-
 def test_compare_cli_writes_markdown_and_csv(tmp_path, capsys):
     _run(tmp_path, "a", _parity(), _latency())
     _run(tmp_path, "b", _parity(iou=0.9), _latency(mnn_ms=2000))
@@ -135,6 +114,15 @@ def test_compare_cli_writes_markdown_and_csv(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--fail-on-regression"]) == 1
     md = (tmp_path / "cmp.md").read_text()
     assert "| ! |" in md and "worse" in md
+    assert "Different machine classes" not in md  # rows without a machine class: nothing to say
+
+
+def test_compare_says_when_machine_classes_differ(tmp_path, capsys):
+    _run(tmp_path, "a", _parity(), _latency().assign(machine_class="amd-epyc_2c_avx2"))
+    _run(tmp_path, "b", _parity(), _latency().assign(machine_class="intel-xeon_2c_avx2_avx512f"))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp.md").read_text()
+    assert "Different machine classes (a: amd-epyc_2c_avx2; b: intel-xeon_2c_avx2_avx512f)" in md
     assert len(pd.read_csv(tmp_path / "cmp.csv")) > 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,19 +23,20 @@ from stages.pipeline import Lock, run_pipeline
 from stages.samples import load_images
 
 
-def _fast_config(tmp_path: Path, name: str) -> Path:
-    return write_config(tmp_path / f"{name}.yaml", name=name, **{
-        "convert.variants": {"fp32": [], "fp16": ["--fp16"]}, "parity.images": ["chelsea"],
-        "parity.mnn_precisions": {"fp32": ["normal"], "fp16": ["normal"]}, "quantize.variants": {}})
+def _with_fp16(cfg_path: Path) -> Path:
+    """The fp32-only config plus an fp16 variant: a copied build re-runs from convert on."""
+    return write_config(cfg_path, base=cfg_path, **{"convert.variants": {"fp32": [], "fp16": ["--fp16"]},
+                                                    "parity.mnn_precisions": {"fp32": ["normal"], "fp16": ["normal"]}})
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_run_leaves_no_finished_looking_file_and_resumes(tmp_path, sig):
-    cfg_path = _fast_config(tmp_path, "tiny_int")
-    root = tmp_path / "root"
+def test_interrupted_run_leaves_no_finished_looking_file_and_resumes(fp32_only, sig):
+    root, cfg_path = fp32_only
+    _with_fp16(cfg_path)
+    mnn = root / "build" / "tiny_fp32" / "mnn"
+    shutil.rmtree(mnn)  # convert starts from nothing
     cmd = [sys.executable, "-m", "stages", "run", "--model", str(cfg_path), "--root", str(root)]
     proc = subprocess.Popen(cmd, cwd=ROOT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    mnn = root / "build" / "tiny_int" / "mnn"
     deadline = time.time() + 120
     while time.time() < deadline and not list(mnn.glob(".*partial*")):  # a conversion is being written
         time.sleep(0.01)
@@ -43,37 +45,37 @@ def test_interrupted_run_leaves_no_finished_looking_file_and_resumes(tmp_path, s
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     assert "interrupted" in out
-    lock = Lock(root / "build" / "tiny_int" / "pipeline.lock.json")
+    lock = Lock(root / "build" / "tiny_fp32" / "pipeline.lock.json", root)
     assert "convert" not in lock.data["stages"] and "simplify" in lock.data["stages"]
     assert not list(mnn.glob(".*partial*"))  # temp files are gone ...
     finished = {p.name for p in mnn.glob("*.mnn")}
     assert finished < {"encoder.fp32.mnn", "encoder.fp16.mnn", "decoder.fp32.mnn", "decoder.fp16.mnn"}
-    results = statuses(run_pipeline(load_model_config(str(cfg_path)), root))
+    results = statuses(run_pipeline(load_model_config(str(cfg_path)), root, targets=["convert"]))
     assert results["export_encoder"] == results["simplify"] == "cached"  # ... and the run resumes at convert
-    assert results["convert"] == "ran" and results["report"] == "ran"
+    assert results["convert"] == "ran" and len(list(mnn.glob("*.mnn"))) == 4
 
 
-def test_corrupt_onnx_fails_the_conversion_with_a_message(tmp_path):
-    cfg_path = _fast_config(tmp_path, "tiny_corrupt")
+def test_corrupt_onnx_fails_the_conversion_with_a_message(fp32_only):
+    root, cfg_path = fp32_only
     cfg = load_model_config(str(cfg_path))
-    run_pipeline(cfg, tmp_path, targets=["simplify"])
-    sim = tmp_path / "build" / "tiny_corrupt" / "onnx" / "encoder.sim.onnx"
+    sim = root / "build" / "tiny_fp32" / "onnx" / "encoder.sim.onnx"
     sim.write_bytes(sim.read_bytes()[:20000])
-    results = statuses(run_pipeline(cfg, tmp_path, targets=["convert"], single=True))
+    results = statuses(run_pipeline(cfg, root, targets=["convert"], single=True))
     assert results["convert"] == "failed"
-    df = pd.read_csv(tmp_path / "reports" / "tiny_corrupt" / "convert.csv").set_index("cell")
+    df = pd.read_csv(root / "reports" / "tiny_fp32" / "convert.csv").set_index("cell")
     assert df.loc["encoder-fp32", "status"].startswith("failed: MNN converter wrote no model")
     assert df.loc["decoder-fp32", "status"] == "ok"
+    assert not (root / "build" / "tiny_fp32" / "mnn" / "encoder.fp32.mnn").exists()  # the earlier one is gone
 
 
-def test_truncated_mnn_file_fails_its_parity_cells_only(tmp_path):
-    cfg_path = _fast_config(tmp_path, "tiny_trunc")
-    cfg = load_model_config(str(cfg_path))
-    run_pipeline(cfg, tmp_path, targets=["convert"])
-    mnn = tmp_path / "build" / "tiny_trunc" / "mnn" / "decoder.fp16.mnn"
+def test_truncated_mnn_file_fails_its_parity_cells_only(fp32_only):
+    root, cfg_path = fp32_only
+    _with_fp16(cfg_path)
+    assert statuses(run_pipeline(load_model_config(str(cfg_path)), root, targets=["convert"]))["convert"] == "ran"
+    mnn = root / "build" / "tiny_fp32" / "mnn" / "decoder.fp16.mnn"
     mnn.write_bytes(mnn.read_bytes()[: mnn.stat().st_size // 3])
-    assert main(["run", "--model", str(cfg_path), "--root", str(tmp_path), "parity", "--single"]) == 1
-    df = pd.read_csv(tmp_path / "reports" / "tiny_trunc" / "parity.csv")
+    assert main(["run", "--model", str(cfg_path), "--root", str(root), "parity", "--single"]) == 1
+    df = pd.read_csv(root / "reports" / "tiny_fp32" / "parity.csv")
     bad = df[df["status"] != "ok"]
     assert set(bad["cell"]) == {"mnn-fp16@normal"}
     assert bad["status"].str.contains("MNN cannot load").all() and bad["status"].str.contains("decoder.fp16.mnn").all()
@@ -129,12 +131,21 @@ class _NoMnnTools:
             raise ImportError("MNN.tools must never be imported (it pip-installs and phones home)")
         return None
 sys.meta_path.insert(0, _NoMnnTools())
+# each process records, at exit, which MNN modules it had imported: the test reads the converting process's
+import atexit, os
+def _record_modules():
+    folder = os.environ.get("MODULES_RECORD_DIR")
+    if folder:
+        with open(os.path.join(folder, f"{os.getpid()}.txt"), "w") as f:
+            f.write("\\n".join(sorted(m for m in sys.modules if m.split(".")[0] in ("MNN", "_tools"))))
+atexit.register(_record_modules)
 '''
 
 
-def test_convert_path_runs_offline_and_never_imports_mnn_tools(tmp_path, monkeypatch):
-    guard = tmp_path / "guard"
+def test_convert_path_runs_offline_and_never_imports_mnn_tools(fp32_only, tmp_path, monkeypatch):
+    guard, record = tmp_path / "guard", tmp_path / "modules"
     guard.mkdir()
+    record.mkdir()
     (guard / "sitecustomize.py").write_text(SITECUSTOMIZE)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(guard), os.environ.get("PYTHONPATH", "")]))
     # the guard works: a child that tries the network or MNN.tools fails
@@ -146,21 +157,26 @@ def test_convert_path_runs_offline_and_never_imports_mnn_tools(tmp_path, monkeyp
     assert "network access attempted" in probe.stderr
     probe = subprocess.run([sys.executable, "-c", "import MNN.tools"], capture_output=True, text=True)
     assert "must never be imported" in probe.stderr
-    cfg_path = _fast_config(tmp_path, "tiny_offline")
-    out = subprocess.run([sys.executable, "-m", "stages", "run", "--model", str(cfg_path), "--root", str(tmp_path),
+    root, cfg_path = fp32_only
+    _with_fp16(cfg_path)  # convert re-runs; what it needs is in the copied build
+    monkeypatch.setenv("MODULES_RECORD_DIR", str(record))
+    out = subprocess.run([sys.executable, "-m", "stages", "run", "--model", str(cfg_path), "--root", str(root),
                           "convert"], cwd=ROOT_DIR, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    df = pd.read_csv(tmp_path / "reports" / "tiny_offline" / "convert.csv")
+    df = pd.read_csv(root / "reports" / "tiny_fp32" / "convert.csv")
     assert (df["status"] == "ok").all() and len(df) == 4
-    assert "MNN.tools" not in sys.modules
+    # the processes that converted (they loaded MNN's converter, _tools) never imported MNN.tools
+    converters = [f.read_text().split() for f in record.glob("*.txt") if "_tools" in f.read_text().split()]
+    assert len(converters) == 4, [f.read_text() for f in record.glob("*.txt")]
+    assert not [m for mods in converters for m in mods if m.startswith("MNN.tools")]
 
 
-def test_second_process_on_the_same_model_is_told_the_first_is_running(tmp_path):
-    cfg_path = _fast_config(tmp_path, "tiny_twice")
-    root = tmp_path / "root"
-    cmd = [sys.executable, "-m", "stages", "run", "--model", str(cfg_path), "--root", str(root)]
+def test_second_process_on_the_same_model_is_told_the_first_is_running(fp32_only):
+    root, cfg_path = fp32_only
+    _with_fp16(cfg_path)  # the first run has work to do: convert and parity
+    cmd = [sys.executable, "-m", "stages", "run", "--model", str(cfg_path), "--root", str(root), "parity"]
     first = subprocess.Popen(cmd, cwd=ROOT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lock = root / "build" / "tiny_twice" / ".run.lock"
+    lock = root / "build" / "tiny_fp32" / ".run.lock"
     deadline = time.time() + 60
     while time.time() < deadline and not (lock.exists() and lock.read_text().startswith("pid")):
         time.sleep(0.02)
@@ -169,5 +185,5 @@ def test_second_process_on_the_same_model_is_told_the_first_is_running(tmp_path)
     assert second.returncode == 2
     assert "another run" in second.stderr and f"pid {first.pid}" in second.stderr
     # ... and its outputs are whole: a third run finds everything up to date
-    results = statuses(run_pipeline(load_model_config(str(cfg_path)), root))
-    assert set(results.values()) == {"cached"}
+    results = statuses(run_pipeline(load_model_config(str(cfg_path)), root, targets=["parity"]))
+    assert set(results.values()) == {"cached"} and len(results) == 5  # parity and the four stages before it

@@ -147,6 +147,13 @@ def test_cli_bad_input_exits_2_with_one_line(tiny_run, tmp_path, capsys):
             "--out", str(tmp_path)]
     assert main([*args, "--image", str(tmp_path / "missing.jpg"), "--points", "1,1"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    image = tmp_path / "c.jpg"
+    Image.fromarray(photo("chelsea")).save(image)
+    swapped = ["segment", "--encoder", str(_mnn(tiny_run, "decoder")), "--decoder", str(_mnn(tiny_run, "encoder")),
+               "--out", str(tmp_path), "--image", str(image), "--points", "1,1"]
+    assert main(swapped) == 2
+    err = capsys.readouterr().err
+    assert "decoder.fp32.mnn is not a SAM encoder" in err and "Traceback" not in err
     assert main(["segment", "--model", "nonexistent", "--root", str(tmp_path), "--image", "x.jpg", "--points", "1,1"]) == 2
     assert "run `make all` first" in capsys.readouterr().err
-    assert not list(Path(tmp_path).glob("*.png"))
+    assert not list(Path(tmp_path).glob("*.png")) and not list(Path(tmp_path).glob("*.overlay.jpg"))

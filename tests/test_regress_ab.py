@@ -1,0 +1,167 @@
+"""The A/B regression gate: its statistics on known samples, and `regress` end to end on the tiny model in a
+throwaway clone of this repository (a base worktree reusing the cache, a planted slowdown caught, identical
+sides passing, a dirty tree said, a bad base ref named)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT_DIR, copy_build, write_config
+from stages.compare import LatencyGate
+from stages.errors import PipelineError
+from stages.regress import ab_rows, ab_verdict, compare_samples, resolve_base, round_order
+
+RNG = np.random.default_rng(0)
+clone_finished: dict[str, str] = {}  # when each stage of the copied build finished
+SWEEP = "tests/configs/sweep_ab.yaml"
+
+
+def test_a_planted_2x_slowdown_is_caught_and_identical_sides_are_not():
+    base = RNG.normal(10.0, 0.4, 24)
+    slow = ab_verdict(base, 2 * RNG.normal(10.0, 0.4, 24), factor=1.3, confidence=0.99)
+    assert slow["verdict"] == "worse" and slow["ratio"] == pytest.approx(2, rel=0.1)
+    assert slow["confidence_slower"] > 0.999
+    same = ab_verdict(base, RNG.normal(10.0, 0.4, 24), factor=1.3, confidence=0.99)
+    assert same["verdict"] == "same" and same["confidence_slower"] < 0.99
+    fast = ab_verdict(base, 0.5 * RNG.normal(10.0, 0.4, 24), factor=1.3, confidence=0.99)
+    assert fast["verdict"] == "better"
+
+
+def test_slower_past_the_factor_but_within_the_noise_is_not_a_regression():
+    base = np.array([10.0, 30.0, 11.0])
+    new = np.array([14.0, 12.0, 29.0])  # median x1.27 ... and x1.4 below: neither is significant with 3 runs
+    assert ab_verdict(base, new * 1.1, factor=1.3, confidence=0.99)["verdict"] == "same"
+    # significant but within the factor: not a regression either
+    small = ab_verdict(RNG.normal(10, 0.1, 30), RNG.normal(11, 0.1, 30), factor=1.3, confidence=0.99)
+    assert small["confidence_slower"] > 0.99 and small["verdict"] == "same"
+
+
+def test_rounds_alternate_which_side_goes_first():
+    assert round_order(1) == ["new", "base"]
+    assert round_order(3) == ["new", "base", "base", "new", "new", "base"]
+
+
+def _samples(cell_ms: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for artifact, values in cell_ms.items():
+        rows += [{"component": "decoder", "runtime": "mnn", "backend": "CPU", "artifact": artifact,
+                  "precision": "normal", "mode": "default", "threads": 1, "points": 1, "out_h": 64, "out_w": 64,
+                  "ms": v, "per_run": True} for v in values]
+    return pd.DataFrame(rows)
+
+
+def test_cells_missing_or_failing_on_the_new_side_are_reported():
+    base = _samples({"mnn-fp32": [1.0, 1.1, 0.9], "mnn-fp16": [2.0, 2.1, 1.9]})
+    new = _samples({"mnn-fp32": [1.0, 1.05, 0.95], "mnn-int8": [3.0, 3.1]})
+    fp16 = "decoder/mnn/CPU/mnn-fp16/normal/default/1/1/64/64"
+    table = compare_samples(base, new, {}, {fp16: "failed: killed by signal SIGSEGV"}, 1.3, 0.99)
+    verdicts = dict(zip(table["artifact"], table["verdict"], strict=True))
+    assert verdicts == {"mnn-fp32": "same", "mnn-fp16": "newly failing", "mnn-int8": "new in b"}
+    rows = ab_rows(table, LatencyGate())
+    assert set(rows["verdict"]) == {"same", "newly failing", "new in b"}
+    same = rows[rows["verdict"] == "same"].iloc[0]
+    assert "Mann-Whitney U, 3 vs 3 runs" in same["note"] and 0 <= same["confidence"] <= 1
+
+
+def test_a_base_ref_that_does_not_exist_is_named():
+    with pytest.raises(PipelineError, match=r"base ref 'no-such-ref' is not a commit in .*BASE=main"):
+        resolve_base(ROOT_DIR, "no-such-ref")
+
+
+# ------------------------------------------------------------------ end to end in a throwaway clone
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory, fp32_build):
+    """A clone of this repository whose HEAD is the working tree as it is (so the code under test is what
+    runs), a root holding a copy of the session's fp32-only tiny build, and that build's config with the A/B
+    sweep. The parity baseline is made by `baseline` first."""
+    tmp = tmp_path_factory.mktemp("ab")
+    repo = tmp / "repo"
+    subprocess.run(["git", "clone", "-q", str(ROOT_DIR), str(repo)], check=True)
+    _git(repo, "checkout", "-q", "-B", "main")
+    _git(repo, "remote", "remove", "origin")  # as in CI's fresh clone of main: no other main to branch from
+    files = subprocess.run(["git", "-C", str(ROOT_DIR), "ls-files", "-co", "--exclude-standard"], check=True,
+                           capture_output=True, text=True).stdout.split()
+    for f in files:  # the working tree's files, committed in the clone
+        src, dst = ROOT_DIR / f, repo / f
+        if src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    _git(repo, "add", "-A")
+    if _git(repo, "status", "--porcelain").strip():
+        _git(repo, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-q", "-m", "working tree")
+    root = copy_build(fp32_build[0], tmp / "root")
+    lock = json.loads((root / "build" / "tiny_fp32" / "pipeline.lock.json").read_text())
+    clone_finished.update({k: v["finished"] for k, v in lock["stages"].items()})
+    cfg = write_config(tmp / "tiny_fp32.yaml", base=fp32_build[1], **{"bench.sweep": SWEEP})
+    out = _cli(repo, "baseline", cfg, root)
+    assert out.returncode == 0, out.stdout[-3000:]
+    return repo, root, cfg
+
+
+def _cli(repo: Path, command: str, cfg: Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stages", command, "--model", str(cfg), "--root", str(root),
+                           "--sweep", SWEEP, *extra], cwd=repo, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+
+
+def test_a_planted_slowdown_is_caught_an_unchanged_cell_is_not_and_the_base_reuses_the_build(clone):
+    """One regress run: the new side (a commit that makes every MNN run sleep 30 ms, plus an uncommitted edit)
+    against its parent. The MNN cell must be worse with high confidence; the onnxruntime cell, whose code did
+    not change, must not be flagged; the base worktree must reuse the copied build (same code)."""
+    repo, root, cfg = clone
+    base_sha = _git(repo, "rev-parse", "HEAD").strip()
+    runtimes = repo / "stages" / "runtimes.py"
+    text = runtimes.read_text()
+    assert "class MnnRuntime" in text and "import numpy as np\n" in text
+    planted = text.replace("import numpy as np\n", "import time\n\nimport numpy as np\n", 1) + (
+        "\n\n_run = MnnRuntime.run\nMnnRuntime.run = lambda self, feeds: (time.sleep(0.03), _run(self, feeds))[1]\n")
+    runtimes.write_text(planted)
+    _git(repo, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-q", "-am", "planted slowdown")
+    # the default base on main's tip: HEAD~1 with a clean tree, HEAD (the edits are what is new) with edits
+    assert resolve_base(repo, None).sha == base_sha and "HEAD~1" in resolve_base(repo, None).how
+    (repo / "README.md").write_text((repo / "README.md").read_text() + "\nan uncommitted edit\n")
+    assert resolve_base(repo, None).sha == _git(repo, "rev-parse", "HEAD").strip()
+    out = _cli(repo, "regress", cfg, root, "--base", "HEAD~1")
+    (repo / "README.md").write_text(_git(repo, "show", "HEAD:README.md"))
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"base {base_sha[:12]} (HEAD~1)" in out.stdout
+    assert "uncommitted changes in 1 file(s) (README.md), compared as it is" in out.stdout
+    assert "1 regressions" in out.stdout
+    reports = root / "reports" / "tiny_fp32"
+    df = pd.read_csv(reports / "regress.csv")
+    lat = df[df["kind"] == "latency"].set_index("cell")
+    assert len(lat) == 2 and lat["confidence"].between(0, 1).all()
+    mnn, ort = (lat.loc[[c for c in lat.index if f"/{rt}/" in c][0]] for rt in ("mnn", "onnxruntime"))
+    assert mnn["verdict"] == "worse" and mnn["confidence"] > 0.99 and mnn["b"] > 1.3 * mnn["a"]
+    assert ort["verdict"] == "same"
+    assert (df[df["kind"] == "parity"]["verdict"] == "same").all()  # accuracy vs the committed parity baseline
+    md = (reports / "regress.md").read_text()
+    assert "in the order new base base new" in md and "uncommitted changes" in md
+    assert sorted(p.name for p in (reports / "regress").glob("*-latency.csv")) == \
+        ["base-1-latency.csv", "base-2-latency.csv", "new-1-latency.csv", "new-2-latency.csv"]
+    # the base worktree (the parent commit: the code the copied build was made with) re-ran no stage
+    base_lock = json.loads((root / "build" / "tiny_fp32" / "regress-base" / base_sha[:12] / "build" / "tiny_fp32" /
+                            "pipeline.lock.json").read_text())
+    for stage in ("export_encoder", "export_decoder", "simplify", "convert"):
+        assert base_lock["stages"][stage]["finished"] == clone_finished[stage], stage
+
+
+def test_regress_with_a_bad_base_fails_before_running(clone, capsys):
+    repo, root, cfg = clone
+    out = _cli(repo, "regress", cfg, root, "--base", "does-not-exist")
+    assert out.returncode == 2 and "base ref 'does-not-exist' is not a commit" in out.stderr
