@@ -189,3 +189,21 @@ def test_labels_of_close_pareto_points_do_not_overprint():
     assert set(offsets) == set(pts["label"])
     assert offsets["mnn-fp16@normal"] != offsets["mnn-fp32@normal"]  # nearly the same place: one moves
     assert offsets["torch@fp32"] == (4, -10)  # a lone point keeps the default place
+
+
+def test_speedups_and_rooflines_compare_like_devices():
+    """GPU rows against torch cuda, CPU rows against torch cpu: a CUDA reference timed later must not become
+    every CPU row's reference (it did: keyed by component, workload and threads only)."""
+    from stages.bench import _speedups
+    from stages.runtimes import RUNTIMES
+
+    def row(runtime, backend, ms):
+        return {"component": "encoder", "points": 0, "out_h": 1024, "out_w": 1024, "threads": 2, "status": "ok",
+                "runtime": runtime, "backend": backend, "p50_ms": ms, "device": RUNTIMES[runtime].device(backend)}
+
+    rows = [row("torch", "cpu", 1000.0), row("onnxruntime", "CPUExecutionProvider", 500.0),
+            row("torch", "cuda", 20.0), row("onnxruntime", "CUDAExecutionProvider", 10.0), row("mnn", "OpenCL", 40.0)]
+    _speedups(rows)
+    assert [r["speedup_vs_torch"] for r in rows] == [1.0, 2.0, 1.0, 2.0, 0.5]
+    assert [r["device"] for r in rows] == ["cpu", "cpu", "gpu", "gpu", "gpu"]
+    assert RUNTIMES["onnxruntime"].device("DnnlExecutionProvider") == "cpu"  # a CPU provider stays CPU
