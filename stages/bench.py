@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stages.artifacts import artifact_paths, atomic_output, machine
+from stages.compare import SAMPLES_CSV
 from stages.config import load_sweep
 from stages.flops import decoder_flops, encoder_flops
 from stages.isolate import run_isolated
@@ -108,9 +109,6 @@ def roofline(ctx, sweep, threads: list[int]) -> dict[int, float]:
         rates[t] = res.result.get("gflops", float("nan")) if res.ok else float("nan")
         log.info("roofline: dense fp32 matmul %d^3 at %d thread(s): %.0f GFLOP/s", sweep.roofline.matmul_n, t, rates[t])
     return rates
-
-
-SAMPLES_CSV = "latency_samples.csv"
 
 
 def run(ctx) -> list[dict]:

@@ -22,6 +22,7 @@ HIGHER_IS_BETTER = {"cosine": True, "mask_iou": True, "logits_within_tol": True,
                     "iou_pred_abs": False}
 LAT_KEY = ["component", "runtime", "backend", "artifact", "precision", "mode", "threads", "points", "out_h", "out_w"]
 PAR_KEY = ["artifact", "precision", "memory", "component"]
+SAMPLES_CSV = "latency_samples.csv"  # beside latency.csv: every timed run of every ok cell (bench writes it)
 
 
 @dataclass
@@ -140,6 +141,8 @@ def normalized_latency(lat: pd.DataFrame, gate: CompareGate) -> pd.DataFrame:
 
 def _key(df: pd.DataFrame, cols: list[str], drop: set[str]) -> pd.Series:
     use = [c for c in cols if c not in drop and c in df.columns]
+    if df.empty:  # agg over no rows gives a DataFrame, not a Series
+        return pd.Series([], index=df.index, dtype=str)
     return df[use].astype(str).agg("/".join, axis=1)
 
 

@@ -25,13 +25,12 @@ import numpy as np
 import pandas as pd
 
 from stages.artifacts import write_csv
-from stages.compare import LAT_KEY
+from stages.compare import LAT_KEY, SAMPLES_CSV, _key
 from stages.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES_CSV = "latency_samples.csv"
 
 
 @dataclass
@@ -148,12 +147,14 @@ def round_order(rounds: int) -> list[str]:
     return [s for r in range(rounds) for s in (("new", "base") if r % 2 == 0 else ("base", "new"))]
 
 
-def samples_of(reports: Path) -> pd.DataFrame:
-    """One row per timed run: LAT_KEY columns and ms. Without latency_samples.csv (a base from before it
-    existed), each ok cell's p50 stands for one sample."""
+def _latency(reports: Path) -> pd.DataFrame:
     lat = pd.read_csv(reports / "latency.csv")
-    if "mode" not in lat.columns:
-        lat["mode"] = "default"
+    return lat if "mode" in lat.columns else lat.assign(mode="default")  # from before sweep modes existed
+
+
+def samples_of(lat: pd.DataFrame, reports: Path) -> pd.DataFrame:
+    """One row per timed run of the ok cells of `lat` (reports/latency.csv): LAT_KEY columns and ms. Without
+    latency_samples.csv (a base from before it existed), each ok cell's p50 stands for one sample."""
     ok = lat[lat["status"].astype(str).str.startswith("ok")]
     path = reports / SAMPLES_CSV
     if not path.exists():
@@ -163,17 +164,12 @@ def samples_of(reports: Path) -> pd.DataFrame:
     return runs.merge(keyed, on=["cell", "points", "out_h", "out_w"])[[*LAT_KEY, "ms"]].assign(per_run=True)
 
 
-def status_of(reports: Path) -> dict[str, str]:
-    lat = pd.read_csv(reports / "latency.csv")
-    if "mode" not in lat.columns:
-        lat["mode"] = "default"
-    return dict(zip(_keys(lat), lat["status"].astype(str), strict=True)) if len(lat) else {}
+def status_of(lat: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(_keys(lat), lat["status"].astype(str), strict=True))
 
 
 def _keys(df: pd.DataFrame) -> pd.Series:
-    if df.empty:
-        return pd.Series([], index=df.index, dtype=str)
-    return df[LAT_KEY].astype(str).agg("/".join, axis=1)
+    return _key(df, LAT_KEY, set())
 
 
 def ab_verdict(base_ms: np.ndarray, new_ms: np.ndarray, factor: float, confidence: float) -> dict:
@@ -239,6 +235,7 @@ def ab_latency(new: Side, base: Side, model: str, sweep: tuple[str, Path], gate,
     new_sweep, base_sweep = sweep
     run_side(base, model, base_sweep, base_stages, logs)
     pooled: dict[str, list[pd.DataFrame]] = {"base": [], "new": []}
+    last: dict[str, pd.DataFrame] = {}  # each side's latency.csv of its last round: the cells' statuses
     order = round_order(gate.rounds)
     for i, which in enumerate(order):
         side, rnd = (base if which == "base" else new), i // 2 + 1
@@ -253,9 +250,11 @@ def ab_latency(new: Side, base: Side, model: str, sweep: tuple[str, Path], gate,
         shutil.copy2(reports / "latency.csv", out / f"{which}-{rnd}-latency.csv")
         if (reports / SAMPLES_CSV).exists():
             shutil.copy2(reports / SAMPLES_CSV, out / f"{which}-{rnd}-{SAMPLES_CSV}")
-        pooled[which].append(samples_of(reports).assign(round=rnd))
-    table = compare_samples(pd.concat(pooled["base"]), pd.concat(pooled["new"]), status_of(base.reports(name)),
-                            status_of(new.reports(name)), gate.factor, gate.confidence)
+        lat = _latency(reports)
+        pooled[which].append(samples_of(lat, reports).assign(round=rnd))
+        last[which] = lat
+    table = compare_samples(pd.concat(pooled["base"]), pd.concat(pooled["new"]), status_of(last["base"]),
+                            status_of(last["new"]), gate.factor, gate.confidence)
     write_csv(out / "ab.csv", table.to_dict("records"))
     return AbResult(table, order, str(machine()["machine_class"]))
 
