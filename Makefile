@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN := $(PY) -m stages
 
-.PHONY: install all bench parity report segment regress baseline compare test test-e2e lint status clean clean-all help
+.PHONY: install all bench parity arm arm-env report segment regress baseline compare test test-e2e lint status clean clean-all help
 
 help:
 	@echo "make all MODEL=vit_t    build .venv if needed, then run every stage for MODEL (cached stages are skipped)"
@@ -15,6 +15,8 @@ help:
 	@echo "make test-e2e           the real-model checks, on the vit_t build that make regress (or make all) left"
 	@echo "make bench MODEL=... [SWEEP=quick]   latency sweep (and what it needs) + summary report"
 	@echo "make parity MODEL=...   parity of every artifact against PyTorch"
+	@echo "make arm MODEL=...      parity of the model's targets: cells (fp16, dynamic int8) on the emulated ARM64 target"
+	@echo "make arm-env            build the emulated ARM64 target (qemu-user-static, Debian arm64, MNN aarch64 wheel)"
 	@echo "make segment MODEL=vit_t IMAGE=x.jpg POINTS=\"500,375\"   MNN-only segmentation: mask PNG + overlay JPEG"
 	@echo "make regress MODEL=... [BASE=ref]   quick-sweep run; accuracy vs reports/baselines/MODEL, latency A/B"
 	@echo "                        against BASE (default: merge-base with main) on this machine; exits 1 on a regression"
@@ -37,6 +39,14 @@ all: install
 parity: install
 	$(RUN) run --model $(MODEL) parity
 
+# MNN's aarch64 kernels under QEMU: accuracy as a phone computes it (about 20 minutes for vit_t; not in `make all`)
+arm: install
+	$(RUN) arm-env
+	$(RUN) run --model $(MODEL) target_parity report
+
+arm-env: install
+	$(RUN) arm-env
+
 bench: install
 	$(RUN) run --model $(MODEL) $(SWEEP_ARG) bench report
 
@@ -50,10 +60,11 @@ baseline: install
 compare: install
 	$(RUN) compare "$(A)" "$(B)"
 
-# make segment MODEL=vit_t IMAGE=photo.jpg POINTS="500,375" [LABELS=1] [BOX=x0,y0,x1,y1] [VARIANT=fp32]
+# make segment MODEL=vit_t IMAGE=photo.jpg POINTS="500,375" [LABELS=1] [BOX=x0,y0,x1,y1] [VARIANT=fp32] [UPSAMPLE=fp32]
 segment: install
 	$(RUN) segment --model $(MODEL) --image "$(IMAGE)" $(if $(POINTS),--points "$(POINTS)",) \
-		$(if $(LABELS),--labels "$(LABELS)",) $(if $(BOX),--box "$(BOX)",) $(if $(VARIANT),--variant $(VARIANT),)
+		$(if $(LABELS),--labels "$(LABELS)",) $(if $(BOX),--box "$(BOX)",) $(if $(VARIANT),--variant $(VARIANT),) \
+		$(if $(UPSAMPLE),--upsample $(UPSAMPLE),)
 
 report: install
 	$(RUN) run --model $(MODEL) $(SWEEP_ARG) report

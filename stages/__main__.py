@@ -66,6 +66,7 @@ def cmd_status(args) -> int:
         StageContext,
         build_dir,
         load_pipeline,
+        optional_input,
         report_path,
         reports_dir,
         stage_state,
@@ -77,9 +78,13 @@ def cmd_status(args) -> int:
     stages = load_pipeline(args.pipeline or ROOT / "pipeline.yaml", cfg, root)
     lock = Lock(build_dir(root, cfg) / "pipeline.lock.json", root)
     weights = weights_tag(cfg, root)
+    makers = {o: s.name for s in stages for o in s.all_outs}
     for s in stages:
         ctx = StageContext(s, cfg, root, build_dir(root, cfg), reports_dir(root, cfg), weights)
-        missing = [d for d in s.deps if not d.exists()]
+        if s.on_demand and s.name not in lock.data["stages"]:
+            print(f"{s.name:<16} on demand: runs only when named (`python -m stages run --model M {s.name}`)")
+            continue
+        missing = [d for d in s.deps if not d.exists() and not optional_input(d, makers, stages)]
         if missing:
             print(f"{s.name:<16} needs {missing[0]}")
             continue
@@ -238,11 +243,25 @@ def cmd_segment(args) -> int:
     points = parse_points(args.points)
     labels = parse_floats(args.labels, "labels")
     box = parse_floats(args.box, "box")
-    res = segment_file(args.image, args.out, encoder, decoder, points, labels, box, args.threads, options=options)
+    res = segment_file(args.image, args.out, encoder, decoder, points, labels, box, args.threads, options=options,
+                       upsample=args.upsample)
     t = res["timings_ms"]
     print(f"mask     {res['mask']}  ({100 * res['mask_fraction']:.1f}% of the image, predicted IoU "
           f"{res['iou_prediction']:.3f})\noverlay  {res['overlay']}")
     print("time ms  " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    return 0
+
+
+def cmd_arm_env(args) -> int:
+    from stages import arm_env
+    from stages.targets import parse_target
+
+    env = arm_env.ensure()
+    for cpu in ("max", "cortex-a53"):
+        about = parse_target(f"arm64:{cpu}").probe(env.folder / f"probe-{cpu}.log")
+        print(f"arm64 -cpu {cpu:<10} {about['machine']}, MNN {about['mnn_version']}, Python {about['python']}, "
+              f"CPU features (MNN): {about['cpu_features']}")
+    print(f"ready: {env.folder}")
     return 0
 
 
@@ -294,7 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "segment")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", help="MNN precision: normal, high, low, Low_BF16 (default: recommended, else normal)")
+    p.add_argument("--upsample", choices=("graph", "fp32"), default="graph",
+                   help="graph: the decoder's full-size masks; fp32: upsample its low_res_masks here in fp32 (use it "
+                        "where the decoder computes fp16: precision low on ARM, GPU backends; see summary.md)")
     p.set_defaults(func=cmd_segment)
+    p = sub.add_parser("arm-env", help="build the emulated ARM64 target (Debian arm64 root + MNN's aarch64 wheel "
+                                       "under QEMU) in build/targets/arm64, if it is not there")
+    p.set_defaults(func=cmd_arm_env)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     if threading.current_thread() is threading.main_thread():

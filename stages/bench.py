@@ -150,10 +150,11 @@ def run(ctx) -> list[dict]:
             compute = RUNTIMES[cell.runtime].arithmetic(cell.backend, cell.precision, opts, kind, flags)
             base.update(compute, variant_kind=kind)
             same = RUNTIMES[cell.runtime].identical_to(cell.precision, opts, kind, cell.backend, flags)
+            rs = sweep.runtimes[cell.runtime]
             if why is None and same and sweep.identical_settings == "skip" \
-                    and same in sweep.runtimes[cell.runtime].precisions:  # the cell it repeats is timed
-                why = (f"precision {cell.precision} computes exactly what precision {same} does on this machine "
-                       f"({compute['compute_note']}); not timed twice (sweep option identical_settings: run times it)")
+                    and same.timed_in(rs.precisions, rs.modes):  # the cell it repeats is timed
+                why = (f"{same.why} on this machine ({compute['compute_note']}); not timed twice (sweep option "
+                       f"identical_settings: run times it)")
             if why:
                 rows.extend({**base, **w, "status": f"skipped: {why}"} for w in loads)
                 continue

@@ -88,6 +88,52 @@ class Thresholds:
 
 
 DEFAULT_PARITY_IMAGES = ["astronaut", "coffee", "chelsea", "rocket"]
+
+
+@dataclass
+class TargetParityConfig:
+    """Parity of MNN cells computed on a target (stages/targets.py): the target_parity stage, `make arm`,
+    held to parity.thresholds.
+    An emulated ARM64 encoder run takes minutes (vit_t: about 100 s at precision normal, 350 s at low), so
+    the cells, photos and prompts are a chosen few. The same cells also run on the host, for comparison."""
+
+    target: str = "arm64"  # host | arm64 | arm64:<cpu> (QEMU CPU model; max has fp16, sdot, i8mm)
+    # parity cells as parity.csv names them: mnn-<variant>@<precision>[~memory-<mode>]
+    cells: list[str] = field(default_factory=lambda: ["mnn-fp32@normal", "mnn-fp32@low"])
+    images: list[str] = field(default_factory=lambda: ["astronaut"])
+    prompts: list[str] = field(default_factory=lambda: ["one_point", "box"])
+    threads: int = 2
+    timeout_s: int = 3600  # per runner call (one component of one cell)
+
+    def __post_init__(self) -> None:
+        from stages.samples import PROMPTS
+        from stages.targets import parse_target
+
+        parse_target(self.target, "targets.*.target")
+        if not self.cells or not self.images or not self.prompts:
+            raise ValueError("targets.*: cells, images and prompts must each list at least one entry")
+        for c in self.cells:
+            parse_cell_key(c, "targets.*.cells")
+        for p in self.prompts:
+            _check_choice("targets.*.prompts", p, PROMPTS)
+        if "mask_feedback" in self.prompts and "one_point" not in self.prompts[: self.prompts.index("mask_feedback")]:
+            raise ValueError("targets.*.prompts: mask_feedback feeds back one_point's mask: list one_point before it")
+        if self.threads <= 0 or self.timeout_s <= 0:
+            raise ValueError("targets.*: threads and timeout_s must be > 0")
+
+
+def parse_cell_key(key: str, where: str) -> tuple[str, str, str]:
+    """'mnn-wint8@low~memory-low' -> ('wint8', 'low', 'low'): variant, precision, memory."""
+    from stages.runtimes import MNN_PRECISIONS
+
+    head, _, memory = key.partition("~memory-")
+    artifact, _, precision = head.partition("@")
+    if not artifact.startswith("mnn-") or not precision:
+        raise ValueError(f"{where}: {key!r} is not an MNN parity cell; expected mnn-<variant>@<precision>"
+                         f"[~memory-<mode>], e.g. mnn-fp32@low or mnn-wint8@low~memory-low")
+    _check_choice(where, precision, MNN_PRECISIONS)
+    _check_choice(where, memory or "normal", ("normal", "low", "high"))
+    return artifact[4:], precision, memory or "normal"
 DEFAULT_MNN_PRECISIONS = {v: ["normal", "high", "low", "Low_BF16"] for v in ("fp32", "fp16", "wint8")}
 
 
@@ -246,6 +292,8 @@ class ModelConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    # name -> MNN cells checked on a target as it computes them (the target_parity stage; `make arm`)
+    targets: dict[str, TargetParityConfig] = field(default_factory=dict)
 
     # where it was loaded from (not a YAML key)
     source: Path | None = field(default=None, compare=False)

@@ -50,6 +50,18 @@ def describe_exit(returncode: int | None) -> str:
 
 def run_isolated(task: str, request: dict[str, Any], log_file: Path, timeout_s: float) -> IsolatedResult:
     """Run worker `task` with `request` in a child process; never raises for a crash or a timeout."""
+    # the package comes from this process's tree
+    tree = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH", "")) if p)}
+    return run_process([sys.executable, "-m", "stages.worker", task], request, log_file, timeout_s, env, task)
+
+
+def run_process(argv: list[str], request: dict[str, Any], log_file: Path, timeout_s: float,
+                env: dict[str, str] | None = None, what: str = "") -> IsolatedResult:
+    """Run `argv REQUEST.json` (the request gains "result_file", where the child writes its JSON result) with
+    its output in `log_file`; never raises for a crash or a timeout. `what` names it in errors."""
+    what = what or Path(argv[-1]).name
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sam-deploy-") as tmp:
         req = Path(tmp) / "request.json"
@@ -57,20 +69,17 @@ def run_isolated(task: str, request: dict[str, Any], log_file: Path, timeout_s: 
         req.write_text(json.dumps({**request, "result_file": str(res)}))
         # the child runs in its own temp folder: MNN's converter writes `.__convert_external_data.bin` into the
         # current directory, so two conversions sharing one (two pipelines at once) corrupted each other's
-        # weights (an fp32 encoder at cosine -0.01). The package comes from this process's tree.
-        tree = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH", "")) if p)}
+        # weights (an fp32 encoder at cosine -0.01).
         with open(log_file, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "stages.worker", task, str(req)],
-                                    stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+            proc = subprocess.Popen([*argv, str(req)], stdout=out, stderr=subprocess.STDOUT,
+                                    env=env or {**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp)
             try:
                 rc = proc.wait(timeout=timeout_s)
-                error = "" if rc == 0 else f"{task} {describe_exit(rc)}"
+                error = "" if rc == 0 else f"{what} {describe_exit(rc)}"
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                rc, error = None, f"{task} timed out after {timeout_s:.0f} s and was killed"
+                rc, error = None, f"{what} timed out after {timeout_s:.0f} s and was killed"
             except BaseException:  # Ctrl-C: take the child down with us
                 proc.kill()
                 proc.wait()
@@ -82,7 +91,7 @@ def run_isolated(task: str, request: dict[str, Any], log_file: Path, timeout_s: 
         if not error and result.get("error"):
             error = result["error"]
         if not error and not res.exists():
-            error = f"{task} exited without a result"
+            error = f"{what} exited without a result"
     if error:
-        log.debug("%s failed: %s\n%s", task, error, tail)
+        log.debug("%s failed: %s\n%s", what, error, tail)
     return IsolatedResult(ok=not error, returncode=rc, result=result, error=error, log_tail=tail)

@@ -28,9 +28,10 @@ from stages.errors import PipelineError
 from stages.export_decoder import INPUTS, onnx_decoder
 from stages.isolate import run_isolated
 from stages.models import build_model, file_sha256
-from stages.preprocess import decoder_feeds, preprocess_image
-from stages.runtimes import RUNTIMES
+from stages.preprocess import decoder_feeds, preprocess_image, upsample_masks
+from stages.runtimes import RUNTIMES, identical_skip
 from stages.samples import PROMPTS, load_cases, load_images, prompt, save_cases
+from stages.targets import HOST, Target
 
 log = logging.getLogger(__name__)
 SEP = "::"
@@ -84,18 +85,18 @@ class Reference:
     decoder_out: dict[str, dict[str, np.ndarray]]  # image::prompt -> torch outputs
 
 
-def torch_reference(ctx, images: list[tuple[str, np.ndarray]]) -> Reference:
+def torch_reference(ctx, images: list[tuple[str, np.ndarray]], prompts=PROMPTS, threads: int | None = None) -> Reference:
     model, _ = build_model(ctx.cfg, ctx.root)
     decoder = onnx_decoder(model, ctx.cfg.export.multimask_output)
     ref = Reference(images, {}, {}, {}, {})
-    torch.set_num_threads(ctx.cfg.parity.threads)
+    torch.set_num_threads(threads or ctx.cfg.parity.threads)
     with torch.no_grad():
         for name, img in tqdm(images, desc="parity: PyTorch reference", unit="image"):
             x = preprocess_image(img)
             ref.encoder_feeds[name] = {"image": x}
             emb = model.image_encoder(torch.from_numpy(x)).numpy()
             ref.embeddings[name] = emb
-            for p in PROMPTS:
+            for p in prompts:
                 feeds = _prompt_feeds(emb, name, img, p, ref)
                 out = decoder(*(torch.from_numpy(feeds[k]) for k in INPUTS))
                 ref.decoder_feeds[f"{name}{SEP}{p}"] = feeds
@@ -114,30 +115,44 @@ def _prompt_feeds(emb: np.ndarray, name: str, img: np.ndarray, p: str, ref: Refe
     return decoder_feeds(emb, spec["points"], spec["labels"], img.shape[:2], box=spec["box"], mask_input=mask)
 
 
-def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path) -> dict[str, dict[str, np.ndarray]]:
+def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path, target: Target = HOST,
+           threads: int | None = None, timeout_s: float | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Run every case through the cell's `component`: MNN cells through the target's MNN runner (the host's
+    too: one code path), other runtimes in a worker process."""
     feeds = save_cases(tmp / f"{component}-feeds.npz", cases)
     out = tmp / f"{component}-out.npz"
-    res = run_isolated("infer", {"runtime": cell.runtime, "model": str(getattr(cell, component)),
-                                 "threads": ctx.cfg.parity.threads, "precision": cell.precision,
-                                 "options": {"memory": cell.memory} if cell.runtime == "mnn" else {},
-                                 "feeds": str(feeds), "out": str(out)},
-                       ctx.build / "logs" / f"parity-{cell.key}-{component}.log", ctx.cfg.parity.timeout_s)
+    threads = threads or ctx.cfg.parity.threads
+    where = "" if target == HOST else f"{target.name.replace(':', '-')}-"
+    log_file = ctx.build / "logs" / f"parity-{where}{cell.key}-{component}.log"
+    timeout_s = timeout_s or ctx.cfg.parity.timeout_s
+    model = str(getattr(cell, component))
+    if cell.runtime == "mnn":
+        res = target.run({"model": model, "feeds": str(feeds), "out": str(out),
+                          "settings": {"threads": threads, "precision": cell.precision, "memory": cell.memory}},
+                         log_file, timeout_s)
+    else:
+        res = run_isolated("infer", {"runtime": cell.runtime, "model": model, "threads": threads,
+                                     "precision": cell.precision, "options": {}, "feeds": str(feeds),
+                                     "out": str(out)}, log_file, timeout_s)
     if not res.ok:
         raise PipelineError(res.why)
     return load_cases(out)
 
 
-def evaluate_cell(ctx, cell: ParityCell, ref: Reference) -> list[dict]:
-    """Run one cell (encoder, decoder on torch embeddings, own encoder -> own decoder) and score it."""
+def evaluate_cell(ctx, cell: ParityCell, ref: Reference, target: Target = HOST, threads: int | None = None,
+                  timeout_s: float | None = None, fp32_upsample: bool = False) -> list[dict]:
+    """Run one cell (encoder, decoder on torch embeddings, own encoder -> own decoder) and score it.
+    fp32_upsample: also score the masks made from the cell's low_res_masks upsampled in fp32 on the host
+    (mask_iou_fp32_upsample), which tells the in-graph resize's error from the rest of the decoder's."""
     th = ctx.cfg.parity.thresholds[cell.tier]
     with tempfile.TemporaryDirectory(prefix="parity-") as d:
         tmp = Path(d)
-        enc = _infer(ctx, cell, "encoder", ref.encoder_feeds, tmp)
+        enc = _infer(ctx, cell, "encoder", ref.encoder_feeds, tmp, target, threads, timeout_s)
         cases = {f"dec{SEP}{k}": v for k, v in ref.decoder_feeds.items()}
         for key, feeds in ref.decoder_feeds.items():
             own = enc[key.split(SEP)[0]]["image_embeddings"]
             cases[f"e2e{SEP}{key}"] = {**feeds, "image_embeddings": own.astype(np.float32)}
-        dec = _infer(ctx, cell, "decoder", cases, tmp)
+        dec = _infer(ctx, cell, "decoder", cases, tmp, target, threads, timeout_s)
     enc_m = {img: metrics.tensor_metrics(enc[img]["image_embeddings"], ref.embeddings[img]) for img in ref.embeddings}
     rows = [_encoder_row(enc_m, th)]
     for kind in ("dec", "e2e"):
@@ -155,6 +170,10 @@ def evaluate_cell(ctx, cell: ParityCell, ref: Reference) -> list[dict]:
                 if metrics.finite(got["iou_predictions"]) else np.nan,
                 "max_abs": metrics.tensor_metrics(got["masks"], want["masks"])["max_abs"],
             }
+            if fp32_upsample:
+                hw = ref.decoder_feeds[key]["orig_im_size"]
+                per_case[key]["mask_iou_fp32_upsample"] = metrics.mask_iou(
+                    upsample_masks(got["low_res_masks"], hw), want["masks"])
         rows.append(_decoder_row(per_case, th, e2e=kind == "e2e"))
     return rows
 
@@ -197,6 +216,8 @@ def _decoder_row(per: dict[str, dict[str, float]], th: Thresholds, e2e: bool) ->
            "logits_within_tol": metrics.worst([m["logits_within_tol"] for m in per.values()]),
            "iou_pred_abs": metrics.worst([m["iou_pred_abs"] for m in per.values()], lower_is_worse=False),
            "worst_case": _worst_case(per, "mask_iou", True)}
+    if all("mask_iou_fp32_upsample" in m for m in per.values()):
+        row["mask_iou_fp32_upsample"] = metrics.worst([m["mask_iou_fp32_upsample"] for m in per.values()])
     if e2e:
         return _check(row, [("mask_iou", ">=", th.e2e_mask_iou)])
     return _check(row, [("mask_iou", ">=", th.mask_iou), ("logits_within_tol", ">=", th.logits_within_tol),
@@ -231,10 +252,12 @@ def run(ctx) -> list[dict]:
         base.update(compute, variant_kind=kind)
         same = rt.identical_to(cell.precision, opts, kind, "CPU", flags) if cell.runtime == "mnn" else None
         missing = [p for p in (cell.encoder, cell.decoder) if not p.exists()]
-        if same and pcfg.identical_settings == "skip" and same in pcfg.mnn_precisions.get(cell.variant, ["normal"]):
-            status, results = (f"skipped: precision {cell.precision} computes exactly what precision {same} does on "
-                               f"this machine ({compute['compute_note']}); its rows would repeat {cell.artifact}@"
-                               f"{same} (parity.identical_settings: run checks it anyway)"), []
+        if same and pcfg.identical_settings == "skip" and same.precision in pcfg.mnn_precisions.get(cell.variant, ["normal"]) \
+                and same.options.get("memory", "normal") in pcfg.mnn_memory.get(cell.variant, ["normal"]):
+            repeats = ParityCell(cell.artifact, cell.runtime, same.precision, cell.variant, cell.tier, cell.step,
+                                 cell.encoder, cell.decoder, same.options.get("memory", "normal"))
+            status, results = (f"skipped: {same.why} on this machine ({compute['compute_note']}); its rows would "
+                               f"repeat {repeats.key} (parity.identical_settings: run checks it anyway)"), []
         elif missing:
             status, results = f"skipped: {ctx.rel(missing[0])} missing", []
         else:
@@ -244,7 +267,7 @@ def run(ctx) -> list[dict]:
                 status, results = f"failed: {e}", []
                 log.error("parity %s failed: %s", cell.key, e)
         if not results:  # a cell that did not run: not passed; one skipped by design is not failed either
-            verdict = None if status.startswith("skipped: precision") else False
+            verdict = None if identical_skip(status) else False
             results = [{"component": c, "pass": verdict, "failed_checks": ""} for c in ("encoder", "decoder", "e2e")]
         for r in results:
             path = cell.encoder if r["component"] == "encoder" else cell.decoder

@@ -33,7 +33,7 @@ from stages.models import file_sha256, weights_tag
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-STAGE_KEYS = {"module", "params", "deps", "outs", "matrix", "desc", "report"}
+STAGE_KEYS = {"module", "params", "deps", "outs", "matrix", "desc", "report", "on_demand"}
 
 
 @dataclass
@@ -57,6 +57,9 @@ class Stage:
     cells: list[Cell]
     desc: str = ""
     report: Path = Path()  # reports/<model>/<stage>.csv, or the name given by `report:`
+    # on_demand: run only when named (`run --model M target_parity`), never as part of a plain run or as
+    # another stage's input; a stage that reads its outputs takes them when they are there
+    on_demand: bool = False
 
     @property
     def deps(self) -> list[Path]:
@@ -153,8 +156,10 @@ def load_pipeline(path: Path, cfg: ModelConfig, root: Path) -> list[Stage]:
             deps = [_expand(d, variables, fields, root, where) for d in kept["deps"]]
             outs = [_expand(o, variables, fields, root, where) for o in kept["outs"]]
             cells.append(Cell(values, deps, outs))
+        if not isinstance(spec.get("on_demand", False), bool):
+            raise ConfigError(f"{where}: 'on_demand' must be true or false")
         stages.append(Stage(name, spec["module"], list(spec.get("params", [])), cells, spec.get("desc", ""),
-                            reports_dir(root, cfg) / spec.get("report", f"{name}.csv")))
+                            reports_dir(root, cfg) / spec.get("report", f"{name}.csv"), spec.get("on_demand", False)))
     _check_graph(stages, path)
     return stages
 
@@ -406,7 +411,7 @@ def finish_rows(ctx: StageContext, rows: list[dict]) -> list[dict]:
 
 def _select(stages: list[Stage], targets: list[str] | None, single: bool, path: Path) -> list[Stage]:
     if not targets:
-        return stages
+        return [s for s in stages if not s.on_demand]
     by_name = {s.name: s for s in stages}
     for t in targets:
         if t not in by_name:
@@ -417,8 +422,14 @@ def _select(stages: list[Stage], targets: list[str] | None, single: bool, path: 
     want = set(targets)
     for s in reversed(stages):
         if s.name in want:
-            want.update(makers[d] for d in s.deps if d in makers)
+            want.update(makers[d] for d in s.deps if d in makers and not by_name[makers[d]].on_demand)
     return [s for s in stages if s.name in want]
+
+
+def optional_input(path: Path, makers: dict[Path, str], stages: list[Stage]) -> bool:
+    """An input made by an on-demand stage: used when it is there, not needed when it is not."""
+    by_name = {s.name: s for s in stages}
+    return path in makers and by_name[makers[path]].on_demand
 
 
 def run_pipeline(
@@ -463,7 +474,7 @@ def run_pipeline(
                 results.append(StageResult(stage.name, "skipped", detail=f"upstream failed: {', '.join(upstream_failed)}"))
                 log.error("[%s] skipped: upstream stage %s failed", stage.name, ", ".join(upstream_failed))
                 continue
-            missing = [d for d in stage.deps if not d.exists()]
+            missing = [d for d in stage.deps if not d.exists() and not optional_input(d, makers, all_stages)]
             if missing:
                 d = missing[0]
                 who = f"it is made by stage {makers[d]!r}; run that stage first (drop --single)" if d in makers else \

@@ -101,3 +101,29 @@ def decoder_feeds(
         "has_mask_input": np.array([0.0 if mask_input is None else 1.0], dtype=np.float32),
         "orig_im_size": np.array(orig_hw, dtype=np.float32),
     }
+
+
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of torch's F.interpolate(mode="bilinear", align_corners=False) along one axis:
+    source position (i + 0.5) * n_in / n_out - 0.5, clamped at 0; two taps; no antialiasing."""
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = src - i0
+    m = np.zeros((n_out, n_in), np.float32)
+    np.add.at(m, (np.arange(n_out), i0), (1.0 - w1).astype(np.float32))
+    np.add.at(m, (np.arange(n_out), i1), w1.astype(np.float32))
+    return m
+
+
+def upsample_masks(low_res: np.ndarray, orig_hw: tuple[int, int], target: int = IMAGE_SIZE) -> np.ndarray:
+    """SAM's mask postprocessing in fp32 numpy: low_res_masks [..., 256, 256] -> bilinear to target x target,
+    crop the padding, bilinear to the original size (SamOnnxModel.mask_postprocessing, without torch).
+    Used where the in-graph resize cannot be trusted: MNN computes it in fp16 at precision low on ARM."""
+    h, w = (int(v) for v in orig_hw)
+    ph, pw = resized_shape(h, w, target)
+    lh, lw = low_res.shape[-2:]
+    rows = _bilinear_matrix(ph, h) @ _bilinear_matrix(lh, target)[:ph]  # [h, lh]: both steps, one matrix
+    cols = _bilinear_matrix(pw, w) @ _bilinear_matrix(lw, target)[:pw]  # [w, lw]
+    x = low_res.astype(np.float32)
+    return np.einsum("hi,...ij,wj->...hw", rows, x, cols, optimize=True).astype(np.float32)

@@ -277,4 +277,5 @@ def ab_rows(table: pd.DataFrame, gate) -> pd.DataFrame:
 def _stage_names(tree: Path) -> list[str]:
     import yaml
 
-    return list(yaml.safe_load((tree / "pipeline.yaml").read_text())["stages"])
+    stages = yaml.safe_load((tree / "pipeline.yaml").read_text())["stages"]
+    return [name for name, spec in stages.items() if not spec.get("on_demand")]  # never part of a plain run

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stages.artifacts import artifact_bytes, atomic_output  # noqa: E402
+from stages.runtimes import identical_skip  # noqa: E402
 
 log = logging.getLogger(__name__)
 COMPONENTS = ("encoder", "decoder", "e2e")
@@ -391,22 +392,73 @@ def what_computed(lat: pd.DataFrame, parity: pd.DataFrame | None, first) -> str:
     """A plain statement of which arithmetic ran here, and which settings had no effect on this machine."""
     flags = first.get("cpu_flags", "") if "cpu_flags" in lat.columns else "not recorded"
     flags = "" if flags != flags else str(flags)  # NaN: no flag of note
-    same = lat[lat["status"].astype(str).str.startswith("skipped: precision")]
-    par_same = (parity[parity["status"].astype(str).str.startswith("skipped: precision")]["cell"].nunique()
+    same = lat[lat["status"].map(identical_skip)]
+    par_same = (parity[parity["status"].map(identical_skip)]["cell"].nunique()
                 if parity is not None and "status" in parity.columns else 0)
     mnn = lat[lat["runtime"] == "mnn"]
     fp16 = int((mnn.get("fp16_compute", pd.Series(dtype=str)) == "yes").sum())
     int8 = lat[lat.get("int8_compute", pd.Series("no", index=lat.index)) == "yes"]
     text = [f"\n**What computed these numbers.** CPU features that pick kernels here: {flags or 'none of note'}."]
     if len(same) or par_same:
+        mem = int(same["status"].astype(str).str.contains("memory low computes").sum())
         text.append(f" MNN's precision low (and Low_BF16) computes fp32 on this CPU, exactly what precision normal "
-                    f"computes (MNN's CPU fp16 arithmetic is ARMv8.2 only; its bf16 kernels need SME2): "
-                    f"{len(same)} latency cells and {par_same} parity cells for those settings were not run a "
-                    f"second time, and their rows say so. fp16 accuracy must be checked where fp16 runs (ARM).")
+                    f"computes (MNN's CPU fp16 arithmetic is ARMv8.2 only; its bf16 kernels need SME2), and memory "
+                    f"low on a float model computes what memory normal does: {len(same)} latency cells ({mem} of "
+                    f"them memory low on a float model) and {par_same} parity cells for those settings were not run "
+                    f"a second time, and their rows say so. fp16 accuracy must be checked where fp16 runs (ARM).")
     text.append(f" MNN cells that computed in fp16: {fp16}. Cells that computed with int8 arithmetic: {len(int8)} "
                 f"(full int8 models, and weight-quantized MNN variants at memory low: dynamic int8); a "
                 f"weight-quantized variant at memory normal computes in float (only its file is smaller).\n")
     return "".join(text)
+
+
+def target_table(tp: pd.DataFrame) -> pd.DataFrame:
+    """target_parity.csv as one line per (cell, target): what each target computed and how close it came."""
+    rows = []
+    for (cell, target), g in tp.groupby(["cell", "target"], sort=False):
+        by = {r["component"]: r for _, r in g.iterrows()}
+        enc, dec, e2e = by.get("encoder"), by.get("decoder"), by.get("e2e")
+        status = str(g["status"].iloc[0])
+
+        def num(r, col, nd=4):
+            v = r.get(col) if r is not None else None
+            return "" if v is None or v != v else round(float(v), nd)
+
+        rows.append({"cell": cell, "target": target, "cpu_features": g["cpu_features"].iloc[0],
+                     "fp16": g["fp16_compute"].iloc[0], "int8": g["int8_compute"].iloc[0],
+                     "enc_cosine": num(enc, "cosine", 5), "dec_mask_iou": num(dec, "mask_iou"),
+                     "dec_iou_fp32_up": num(dec, "mask_iou_fp32_upsample"), "e2e_mask_iou": num(e2e, "mask_iou"),
+                     "e2e_iou_fp32_up": num(e2e, "mask_iou_fp32_upsample"),
+                     "verdict": ("pass" if all(g["pass"] == True) else "FAIL") if status == "ok"  # noqa: E712
+                     else status[:160]})
+    return pd.DataFrame(rows)
+
+
+def target_section(ctx, tp: pd.DataFrame) -> str:
+    """summary.md's "host vs ARM": accuracy per variant x precision on each target, what could not be checked,
+    and when to upsample masks in fp32."""
+    table = target_table(tp)
+    out = ["\n## Host vs ARM: accuracy as the target computes it\n",
+           f"`make arm MODEL={ctx.cfg.name}` (reports/{ctx.cfg.name}/target_parity.csv): the same MNN files and "
+           "settings run through the same runner on the host and on the emulated ARM64 target (MNN's aarch64 "
+           "kernels under QEMU user mode; accuracy is exact there, timing is not measured). "
+           f"Photos: {tp['images'].iloc[0]}, prompts: {tp['prompts'].iloc[0]}. `fp16`/`int8`: the arithmetic "
+           "that ran; `*_fp32_up`: masks made by upsampling the cell's low_res_masks in fp32 on the host.\n\n",
+           _md(table.astype(object).fillna(""))]
+    arm = tp[(tp["emulated"] == True) & (tp["status"] == "ok") & (tp["component"] == "e2e")]  # noqa: E712
+    if not arm.empty and "mask_iou_fp32_upsample" in arm.columns:
+        gain = arm.assign(gain=arm["mask_iou_fp32_upsample"] - arm["mask_iou"]).sort_values("gain", ascending=False)
+        top = gain.iloc[0]
+        if top["gain"] > 0.01:
+            out.append(f"\n**Upsample masks in fp32 where the decoder computes fp16.** On the ARM target, "
+                       f"{top['cell']} gives end-to-end mask IoU {top['mask_iou']:.4f} with the decoder's own "
+                       f"full-size masks and {top['mask_iou_fp32_upsample']:.4f} when its low_res_masks are upsampled "
+                       f"in fp32: the in-graph bilinear resize loses the accuracy in fp16. Ship such settings with "
+                       f"`make segment ... UPSAMPLE=fp32` (MnnSamPredictor(upsample=\"fp32\")).\n")
+    skipped = tp[tp["status"].astype(str).str.startswith("skipped")].drop_duplicates("cell")
+    for _, r in skipped.iterrows():
+        out.append(f"\n- Not checked: {r['cell']} on {r['target']}: {str(r['status'])[len('skipped: '):]}")
+    return "\n".join(out) + "\n"
 
 
 def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots: dict[str, Path]) -> str:
@@ -462,6 +514,11 @@ def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots:
             out.append(_md(bad[["cell", "component", "failed_checks", "status"]]))
     else:
         out.append("\n## Parity\n\nNo parity.csv yet: run the parity stage.\n")
+    tp_path = ctx.reports / "target_parity.csv"
+    if tp_path.exists():
+        tp = pd.read_csv(tp_path)
+        if "target" in tp.columns:  # not a failure report of the stage
+            out.append(target_section(ctx, tp))
     notrun = lat[~lat["status"].str.startswith("ok")]
     out.append(f"\n## Cells not run\n\n{len(notrun)} of {len(lat)} cells did not run:\n\n")
     if not notrun.empty:

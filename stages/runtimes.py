@@ -8,31 +8,48 @@ really there (to turn a missing one into a skipped row, not a silent CPU run).
 from __future__ import annotations
 
 import importlib.metadata
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from stages.errors import PipelineError
 
-# pymnn's runtime config (getScheduleConfig in pymnn/src/util.h, MNN 3.6.1) takes integers: the backend as
-# MNN's forward type (its strings must be upper case: "OpenCL" raises "backend not support" even in builds
-# that have OpenCL), precision 0-3, and memory / power 0-2 (a string there is silently ignored). So the
-# sweep's names are mapped to those integers here, and only here.
-MNN_PRECISIONS = {"normal": 0, "high": 1, "low": 2, "Low_BF16": 3}
-MNN_BACKENDS = {"CPU": 0, "Metal": 1, "CUDA": 2, "OpenCL": 3, "OpenGL": 6, "Vulkan": 7, "NN": 5}
-MNN_MODES = {"normal": 0, "high": 1, "low": 2}  # memory and power
+# MNN's settings as the integers pymnn reads: defined in the runner that also runs on targets (one copy)
+from stages.mnn_runner import MNN_BACKENDS, MNN_MODES, MNN_PRECISIONS, MnnModel, RunnerError, mnn_schedule  # noqa: F401
+
 DEVICES = {"cuda": "gpu", "CUDAExecutionProvider": "gpu", "TensorrtExecutionProvider": "gpu", "ROCMExecutionProvider": "gpu",
            "CUDA": "gpu", "OpenCL": "gpu", "Vulkan": "gpu", "Metal": "gpu", "OpenGL": "gpu",
            "NN": "npu", "CoreMLExecutionProvider": "npu"}
-
-
-def mnn_schedule(backend: str, threads: int, precision: str, memory: str = "normal", power: str = "normal") -> dict:
-    """The runtime config MNN reads, with every setting as the integer MNN understands."""
-    return {"backend": MNN_BACKENDS[backend], "numThread": threads, "precision": MNN_PRECISIONS[precision],
-            "memory": MNN_MODES[memory], "power": MNN_MODES[power]}
 ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
                  "OpenVINOExecutionProvider", "DnnlExecutionProvider", "CoreMLExecutionProvider",
                  "XnnpackExecutionProvider", "ROCMExecutionProvider")
+
+
+SAME = "computes exactly what"  # in the status of a cell skipped because another cell computes the same
+
+
+@dataclass(frozen=True)
+class Same:
+    """The setting a cell repeats on this machine: its precision and load options, and why."""
+
+    precision: str
+    options: dict = field(default_factory=dict)
+    why: str = ""
+
+    def timed_in(self, precisions, modes: dict[str, dict]) -> bool:
+        """Whether a sweep with these precisions and modes has the cell this one repeats."""
+        return self.precision in precisions and any(plain(m) == plain(self.options) for m in modes.values())
+
+
+def plain(options: dict) -> dict:
+    """Load options without the ones at their default (memory/power normal): {} and {memory: normal} are one mode."""
+    return {k: v for k, v in options.items() if not (k in ("memory", "power") and v == "normal")}
+
+
+def identical_skip(status) -> bool:
+    """A row skipped by design: its setting computes exactly what another cell does here (no verdict)."""
+    return str(status).startswith("skipped: ") and SAME in str(status)
 
 
 class Runtime:
@@ -94,9 +111,9 @@ class Runtime:
                 "compute_note": "int8 model" if int8 else f"{precision} as requested"}
 
     @classmethod
-    def identical_to(cls, precision: str, options: dict, kind: str, backend: str, cpu_flags: set[str]) -> str | None:
-        """The precision this setting is bit-identical to on this machine (so a cell for it measures nothing
-        new), or None."""
+    def identical_to(cls, precision: str, options: dict, kind: str, backend: str, cpu_flags: set[str]) -> Same | None:
+        """The setting this one is bit-identical to on this machine (so a cell for it measures nothing new), or
+        None."""
         return None
 
 
@@ -162,44 +179,16 @@ class MnnRuntime(Runtime):
     def __init__(self, path: Path, threads: int = 1, precision: str = "normal", backend: str = "CPU",
                  memory: str = "normal", power: str = "normal", shape_mutable: bool = True,
                  rearrange: bool = False, **_):
-        import MNN.expr as F
-        import MNN.nn as nn
-
-        for what, value, known in (("precision", precision, MNN_PRECISIONS), ("backend", backend, MNN_BACKENDS),
-                                   ("memory", memory, MNN_MODES), ("power", power, MNN_MODES)):
-            if value not in known:  # MNN would ignore or misread it without a word: refuse it here
-                raise PipelineError(f"MNN {what} {value!r} is not one of {', '.join(known)}")
-        if not Path(path).is_file():
-            raise PipelineError(f"MNN model {path} does not exist")
-        self._F = F
-        self.path = Path(path)
-        self.settings = {"backend": backend, "precision": precision, "memory": memory, "power": power}
-        try:
-            self.runtime_manager = nn.create_runtime_manager((mnn_schedule(backend, threads, precision, memory, power),))
-        except Exception as e:
-            raise PipelineError(f"MNN could not open backend {backend} ({e.__cause__ or e})") from None
-        try:
-            self.module = nn.load_module_from_file(str(path), [], [], runtime_manager=self.runtime_manager,
-                                                   shape_mutable=shape_mutable, rearrange=rearrange)
-        except Exception:  # MNN raises SystemError for a truncated or foreign file
-            self.module = None
-        if self.module is None:
-            raise PipelineError(f"MNN cannot load {path} (not an MNN model, or truncated)")
-        info = self.module.get_info()
-        self.input_names = list(info["inputNames"])
-        self.output_names = list(info["outputNames"])
+        try:  # the same loader the targets run (stages/mnn_runner.py)
+            self.model = MnnModel(path, threads, precision, backend, memory, power, shape_mutable, rearrange)
+        except RunnerError as e:
+            raise PipelineError(str(e)) from None
+        self.path, self.settings = self.model.path, self.model.settings
+        self.module = self.model.module
+        self.input_names, self.output_names = self.model.input_names, self.model.output_names
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        F = self._F
-        inputs = [F.const(np.ascontiguousarray(feeds[n], dtype=np.float32), list(feeds[n].shape), F.NCHW)
-                  for n in self.input_names]
-        outs = self.module.forward(inputs)
-        result = {}
-        for name, var in zip(self.output_names, outs, strict=True):
-            if var.data_format == F.NC4HW4:
-                var = F.convert(var, F.NCHW)
-            result[name] = np.array(var.read(), copy=True)
-        return result
+        return self.model.run(feeds)
 
     @classmethod
     def version(cls) -> str:
@@ -242,15 +231,20 @@ class MnnRuntime(Runtime):
                 "compute_note": "; ".join(notes)}
 
     @classmethod
-    def identical_to(cls, precision: str, options: dict, kind: str, backend: str, cpu_flags: set[str]) -> str | None:
+    def identical_to(cls, precision: str, options: dict, kind: str, backend: str, cpu_flags: set[str]) -> Same | None:
         """On a CPU without fp16 arithmetic, precision low computes exactly what normal does (measured: outputs
-        bit-identical); Low_BF16 likewise without SME2."""
+        bit-identical); Low_BF16 likewise without SME2. On such a CPU (x86) memory low on a float model computes
+        what memory normal does (measured on vit_t's fp32, fp16 and fp32-static encoders: bit-identical); it
+        changes the arithmetic of weight-quantized models only (dynamic int8)."""
         if backend != "CPU":
             return None
         if precision == "low" and "asimdhp" not in cpu_flags:
-            return "normal"
+            return Same("normal", options, "precision low computes exactly what precision normal does")
         if precision == "Low_BF16" and "sme2" not in cpu_flags:
-            return "normal"
+            return Same("normal", options, "precision Low_BF16 computes exactly what precision normal does")
+        if options.get("memory") == "low" and kind == "float" and "asimdhp" not in cpu_flags:
+            return Same(precision, {k: v for k, v in options.items() if k != "memory"},
+                        "memory low computes exactly what memory normal does for a float model")
         return None
 
 

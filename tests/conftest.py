@@ -100,10 +100,14 @@ def copy_tree():
 
 
 @contextlib.contextmanager
-def killing_worker(sig: int, task: str = "", parent: bool = False) -> Iterator[list[int]]:
+def killing_worker(sig: int, task: str = "", parent: bool = False, match: str = "", skip: int = 0,
+                   after_s: float = 0.0) -> Iterator[list[int]]:
     """While the body runs, send `sig` to the first `python -m stages.worker TASK` process seen (any task when
-    task is empty), or to its parent (the stage's own process) when parent is true. Yields the pids hit."""
+    task is empty), or to its parent (the stage's own process) when parent is true; with `match`, to the first
+    process whose command line contains it instead (e.g. qemu-aarch64); `skip` such processes are let be first,
+    and the one hit is given `after_s` seconds to start working. Yields the pids hit."""
     found: list[int] = []
+    spared: set[int] = set()
     stop = threading.Event()
 
     def loop() -> None:
@@ -112,7 +116,11 @@ def killing_worker(sig: int, task: str = "", parent: bool = False) -> Iterator[l
             for child in me.children(recursive=True):
                 try:
                     cmd = child.cmdline()
-                    if "stages.worker" in cmd and (not task or task in cmd):
+                    hit = match in " ".join(cmd) if match else "stages.worker" in cmd and (not task or task in cmd)
+                    if hit and len(spared) < skip:
+                        spared.add(child.pid)
+                    elif hit and child.pid not in spared:
+                        stop.wait(after_s)
                         victim = child.parent() if parent else child
                         victim.send_signal(sig)
                         found.append(victim.pid)

@@ -83,7 +83,7 @@ def test_fixed_shape_module_gives_the_same_outputs_when_shapes_change(tiny_run):
 def test_modes_are_cells_and_bad_mode_options_are_named(tmp_path):
     sweep = load_sweep("default")  # its MNN variants are `all`: the model's convert.variants
     modes = {c.mode for c in grid(sweep, {"fp32": []}) if c.runtime == "mnn"}
-    assert modes == {"default", "fixed"}
+    assert modes == {"default", "fixed", "memory-low"}
     keys = [c.key for c in grid(sweep, {"fp32": []})]
     assert len(keys) == len(set(keys)) and any("~fixed" in k for k in keys)
     for edit, match in [({"shape_mutabel": False}, "'shape_mutabel' is not a mnn option"),

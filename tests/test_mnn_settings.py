@@ -64,10 +64,17 @@ def test_rows_say_what_arithmetic_ran(backend, precision, memory, kind, flags, f
 
 
 def test_identical_settings_are_named():
-    assert MnnRuntime.identical_to("low", {}, "float", "CPU", {"avx2"}) == "normal"
-    assert MnnRuntime.identical_to("Low_BF16", {}, "float", "CPU", {"asimdhp"}) == "normal"  # bf16 needs SME2
+    assert MnnRuntime.identical_to("low", {}, "float", "CPU", {"avx2"}).precision == "normal"
+    assert MnnRuntime.identical_to("Low_BF16", {}, "float", "CPU", {"asimdhp"}).precision == "normal"  # needs SME2
     assert MnnRuntime.identical_to("low", {}, "float", "CPU", {"asimdhp"}) is None
     assert MnnRuntime.identical_to("low", {}, "float", "OpenCL", set()) is None
+    # memory low: the same computation for a float model on x86, dynamic int8 for a weight-quantized one
+    same = MnnRuntime.identical_to("normal", {"memory": "low", "rearrange": True}, "float", "CPU", {"avx2"})
+    assert (same.precision, same.options) == ("normal", {"rearrange": True})
+    assert same.timed_in(["normal"], {"default": {}, "fixed": {"rearrange": True}})
+    assert not same.timed_in(["normal"], {"default": {}})
+    assert MnnRuntime.identical_to("normal", {"memory": "low"}, "weight-int8", "CPU", {"avx2"}) is None
+    assert MnnRuntime.identical_to("normal", {"memory": "low"}, "float", "CPU", {"asimdhp"}) is None  # ARM: not measured
 
 
 def test_parity_rows_carry_the_compute_columns(tiny_run):

@@ -157,3 +157,36 @@ def test_cli_bad_input_exits_2_with_one_line(tiny_run, tmp_path, capsys):
     assert main(["segment", "--model", "nonexistent", "--root", str(tmp_path), "--image", "x.jpg", "--points", "1,1"]) == 2
     assert "run `make all` first" in capsys.readouterr().err
     assert not list(Path(tmp_path).glob("*.png")) and not list(Path(tmp_path).glob("*.overlay.jpg"))
+
+
+@pytest.mark.parametrize("hw", [(512, 512), (427, 640), (1800, 1200)])
+def test_fp32_mask_upsampling_is_sams_postprocessing(hw):
+    """upsample_masks (numpy) against SamOnnxModel.mask_postprocessing's two F.interpolate calls in torch."""
+    import torch.nn.functional as F
+
+    from stages.preprocess import resized_shape, upsample_masks
+
+    low = np.random.default_rng(1).standard_normal((1, 1, 256, 256)).astype(np.float32) * 8
+    ph, pw = resized_shape(*hw)
+    ref = F.interpolate(torch.from_numpy(low), (1024, 1024), mode="bilinear", align_corners=False)[..., :ph, :pw]
+    ref = F.interpolate(ref, hw, mode="bilinear", align_corners=False).numpy()
+    got = upsample_masks(low, hw)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert np.abs(got - ref).max() < 1e-3 * np.abs(ref).max()
+    assert ((got > 0) != (ref > 0)).mean() < 1e-5
+
+
+def test_predictor_can_upsample_masks_itself(tiny_run, predictor):
+    """upsample="fp32": the decoder's low_res_masks upsampled here instead of its in-graph resize (the fix for
+    fp16 decoders on ARM); on the host's fp32 decoder both give the same mask."""
+    own = MnnSamPredictor(_mnn(tiny_run, "encoder"), _mnn(tiny_run, "decoder"), threads=1, upsample="fp32")
+    img = photo("coffee")
+    pts, labels = np.array([[200.0, 150.0]]), np.array([1.0])
+    predictor.set_image(img)
+    own.set_image(img)
+    a, b = predictor.predict(pts, labels), own.predict(pts, labels)
+    inter, union = (a.masks & b.masks).sum(), (a.masks | b.masks).sum()
+    assert a.masks.shape == b.masks.shape and inter / union > 0.999
+    assert "upsample_fp32" in b.timings_ms and "upsample_fp32" not in a.timings_ms
+    with pytest.raises(PipelineError, match="upsample 'fp16' is not one of graph, fp32"):
+        MnnSamPredictor(_mnn(tiny_run, "encoder"), _mnn(tiny_run, "decoder"), upsample="fp16")

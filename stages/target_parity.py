@@ -1,0 +1,128 @@
+"""Stage target_parity: MNN cells checked as a target computes them (`make arm MODEL=...`).
+
+The host's parity stage answers "is the conversion right"; this one answers "what does the phone compute".
+On an x86 host MNN's precision low is fp32; on an ARMv8.2 CPU it is fp16, and memory low on a weight-
+quantized model runs int8 dot products (sdot / i8mm). Each cell of `targets.<name>` runs on its
+target (the emulated ARM64 target: MNN's real aarch64 kernels under QEMU) and, for comparison, on the host,
+through the same runner (stages/mnn_runner.py), against the same PyTorch reference and thresholds as
+parity.csv. Decoder and e2e rows also score the masks made by upsampling the cell's low_res_masks in fp32 on
+the host (mask_iou_fp32_upsample): where that is much better than mask_iou, the in-graph resize to the
+photo's size is what lost the accuracy.
+
+Timing on an emulated target is meaningless: no time from here is reported as latency.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from stages.artifacts import artifact_paths
+from stages.config import parse_cell_key
+from stages.errors import PipelineError
+from stages.models import file_sha256
+from stages.parity import ParityCell, evaluate_cell, failure_table, torch_reference
+from stages.runtimes import MnnRuntime
+from stages.samples import load_images
+from stages.targets import HOST, Target, feature_flags, parse_target
+
+log = logging.getLogger(__name__)
+
+
+def cells_of(ctx, keys: list[str], where: str) -> list[ParityCell]:
+    pcfg = ctx.cfg.parity
+    paths = artifact_paths(ctx.cells, ctx.cfg.quantize.variants)
+    cells = []
+    for step, key in enumerate(keys, start=1):
+        variant, precision, memory = parse_cell_key(key, where)
+        if f"mnn-{variant}" not in paths:
+            raise PipelineError(f"{where}: {key!r} names variant {variant!r}, which is not in convert.variants "
+                                f"({', '.join(ctx.cfg.convert.variants)})")
+        cells.append(ParityCell(f"mnn-{variant}", "mnn", precision, variant, pcfg.tier(variant, precision, memory),
+                                step, **paths[f"mnn-{variant}"], memory=memory))
+    return cells
+
+
+def _unchecked(target: Target, cell: ParityCell, flags: set[str]) -> str | None:
+    """Settings a target cannot compute as a device would: said so, never reported as checked."""
+    if cell.precision == "Low_BF16" and "sme2" not in flags:
+        return (f"Low_BF16 cannot be checked on {target.describe()}: MNN's bf16 kernels need SME2, which this "
+                f"CPU does not report (QEMU 7.2 offers none); it would compute fp32")
+    return None
+
+
+def run(ctx) -> list[dict]:
+    pcfg = ctx.cfg.parity
+    if not ctx.cfg.targets:
+        raise PipelineError(f"{ctx.cfg.source}: targets is empty; name at least one target with its cells, "
+                            f"e.g. arm64: {{target: arm64, cells: [mnn-fp32@normal, mnn-fp32@low]}}")
+    rows: list[dict] = []
+    host_done: dict[tuple[str, str, str], list[dict]] = {}
+    for name, tcfg in ctx.cfg.targets.items():
+        where = f"targets.{name}"
+        target = parse_target(tcfg.target, f"{where}.target")
+        cells = cells_of(ctx, tcfg.cells, f"{where}.cells")
+        images = load_images(tcfg.images, ctx.root)
+        ref = torch_reference(ctx, images, tcfg.prompts, tcfg.threads)
+        about, down = {}, {}
+        for t in dict.fromkeys([HOST, target]):
+            try:
+                about[t] = t.probe(ctx.build / "logs" / f"target-probe-{t.name.replace(':', '-')}.log")
+            except PipelineError as e:  # its cells fail with the reason; the other targets go on
+                log.error("target %s: %s", t.name, e)
+                down[t] = str(e)
+                about[t] = {"machine": "", "mnn_version": "", "cpu_features": ""}
+                continue
+            log.info("target %s: %s, MNN %s, CPU features %s", t.describe(), about[t]["machine"],
+                     about[t]["mnn_version"], about[t]["cpu_features"])
+        for cell in tqdm(cells, desc=f"target parity ({name})", unit="cell"):
+            for t in dict.fromkeys([target, HOST]):
+                flags = feature_flags(about[t]["cpu_features"])
+                base = {"target_name": name, "target": t.name, "target_cpu": t.cpu or "host",
+                        "emulated": t.emulated, "cell": cell.key, "step": cell.step, "artifact": cell.artifact,
+                        "runtime": "mnn", "precision": cell.precision, "memory": cell.memory,
+                        "variant": cell.variant, "tier": cell.tier, "threads": tcfg.threads,
+                        "images": len(images), "prompts": " ".join(tcfg.prompts),
+                        "target_machine": about[t]["machine"], "target_mnn": about[t]["mnn_version"],
+                        "cpu_features": about[t]["cpu_features"]}
+                kind = ctx.cfg.variant_kind(cell.variant)
+                base.update(MnnRuntime.arithmetic("CPU", cell.precision, {"memory": cell.memory}, kind, flags),
+                            variant_kind=kind)
+                memo = (t.name, cell.key, " ".join(tcfg.images + tcfg.prompts))
+                if t == HOST and memo in host_done:
+                    continue
+                why = _unchecked(t, cell, flags)
+                if t in down:
+                    status, results = f"failed: {down[t]}", []
+                elif why:
+                    status, results = f"skipped: {why}", []
+                else:
+                    try:
+                        results = evaluate_cell(ctx, cell, ref, t, tcfg.threads, tcfg.timeout_s, fp32_upsample=True)
+                        status = "ok"
+                    except PipelineError as e:
+                        status, results = f"failed: {e}", []
+                        log.error("target parity %s on %s failed: %s", cell.key, t.name, e)
+                if not results:
+                    verdict = None if status.startswith("skipped") else False
+                    results = [{"component": c, "pass": verdict, "failed_checks": ""}
+                               for c in ("encoder", "decoder", "e2e")]
+                out = []
+                for r in results:
+                    path = cell.encoder if r["component"] == "encoder" else cell.decoder
+                    sha = file_sha256(path)[:16] if Path(path).exists() else ""
+                    out.append({**base, **r, "artifact_path": ctx.rel(path), "artifact_sha256": sha, "status": status})
+                rows.extend(out)
+                if t == HOST:
+                    host_done[memo] = out
+    for r in rows:
+        th = pcfg.thresholds[r["tier"]]
+        r["gate"] = th.gate
+        r["tier_why"] = th.why
+    gating = [r for r in rows if r["pass"] is False and r["gate"]]
+    if gating:
+        log.error("target parity: %d of %d rows below threshold or not run:\n%s", len(gating), len(rows),
+                  failure_table(gating))
+    return rows
