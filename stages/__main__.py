@@ -226,6 +226,7 @@ def cmd_segment(args) -> int:
     encoder = mnn / f"encoder.{args.variant}.mnn"
     decoder = mnn / f"decoder.{args.variant}.mnn"
     options: dict[str, dict] = {}
+    upsample = "graph"
     if args.variant in ("recommended", "smallest"):
         rec = recommended_models(args.root.resolve(), args.model, "smallest" if args.variant == "smallest" else "fastest")
         if rec is None:
@@ -234,6 +235,7 @@ def cmd_segment(args) -> int:
             encoder, decoder = mnn / "encoder.fp32.mnn", mnn / "decoder.fp32.mnn"
         else:
             encoder, decoder = rec["encoder"]["path"], rec["decoder"]["path"]
+            upsample = rec["decoder"]["upsample"]
             options = {c: {"precision": r["precision"], **r["options"]} for c, r in rec.items()}
             logging.info("recommended MNN models (%s passing parity): %s", "smallest" if args.variant == "smallest" else "fastest",
                          "; ".join(f"{r['path'].name} {options[c]}" for c, r in rec.items()))
@@ -244,7 +246,7 @@ def cmd_segment(args) -> int:
     labels = parse_floats(args.labels, "labels")
     box = parse_floats(args.box, "box")
     res = segment_file(args.image, args.out, encoder, decoder, points, labels, box, args.threads, options=options,
-                       upsample=args.upsample)
+                       upsample=args.upsample or upsample)
     t = res["timings_ms"]
     print(f"mask     {res['mask']}  ({100 * res['mask_fraction']:.1f}% of the image, predicted IoU "
           f"{res['iou_prediction']:.3f})\noverlay  {res['overlay']}")
@@ -313,9 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "segment")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", help="MNN precision: normal, high, low, Low_BF16 (default: recommended, else normal)")
-    p.add_argument("--upsample", choices=("graph", "fp32"), default="graph",
+    p.add_argument("--upsample", choices=("graph", "fp32"),
                    help="graph: the decoder's full-size masks; fp32: upsample its low_res_masks here in fp32 (use it "
-                        "where the decoder computes fp16: precision low on ARM, GPU backends; see summary.md)")
+                        "where the decoder computes fp16: precision low on ARM, GPU backends; see summary.md). "
+                        "Default: the recommended decoder's setting (recommended.csv `upsample`), else graph")
     p.set_defaults(func=cmd_segment)
     p = sub.add_parser("arm-env", help="build the emulated ARM64 target (Debian arm64 root + MNN's aarch64 wheel "
                                        "under QEMU) in build/targets/arm64, if it is not there")

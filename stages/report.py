@@ -145,6 +145,10 @@ def recommended(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path = Pat
                                 "e2e_mask_iou": par.get("e2e_mask_iou"),
                                 "size_mb": round(artifact_bytes(path) / 1e6, 2) if path.is_file() else float("nan"),
                                 "fp16_compute": getattr(r, "fp16_compute", ""), "int8_compute": getattr(r, "int8_compute", ""),
+                                # a decoder computing fp16 resizes its masks in fp16 (the ARM target showed the
+                                # flipped pixels): upsample its low_res_masks in fp32 instead (make segment does)
+                                "upsample": "fp32" if component == "decoder" and getattr(r, "fp16_compute", "") == "yes"
+                                else "graph",
                                 "path": str(par["artifact_path"]), "candidates": len(g)})
             if not passing:
                 continue
@@ -395,9 +399,10 @@ def what_computed(lat: pd.DataFrame, parity: pd.DataFrame | None, first) -> str:
     same = lat[lat["status"].map(identical_skip)]
     par_same = (parity[parity["status"].map(identical_skip)]["cell"].nunique()
                 if parity is not None and "status" in parity.columns else 0)
-    mnn = lat[lat["runtime"] == "mnn"]
+    ran = lat[lat["status"].astype(str).str.startswith("ok")]  # a skipped row computed nothing
+    mnn = ran[ran["runtime"] == "mnn"]
     fp16 = int((mnn.get("fp16_compute", pd.Series(dtype=str)) == "yes").sum())
-    int8 = lat[lat.get("int8_compute", pd.Series("no", index=lat.index)) == "yes"]
+    int8 = ran[ran.get("int8_compute", pd.Series("no", index=ran.index)) == "yes"]
     text = [f"\n**What computed these numbers.** CPU features that pick kernels here: {flags or 'none of note'}."]
     if len(same) or par_same:
         mem = int(same["status"].astype(str).str.contains("memory low computes").sum())
@@ -406,7 +411,7 @@ def what_computed(lat: pd.DataFrame, parity: pd.DataFrame | None, first) -> str:
                     f"low on a float model computes what memory normal does: {len(same)} latency cells ({mem} of "
                     f"them memory low on a float model) and {par_same} parity cells for those settings were not run "
                     f"a second time, and their rows say so. fp16 accuracy must be checked where fp16 runs (ARM).")
-    text.append(f" MNN cells that computed in fp16: {fp16}. Cells that computed with int8 arithmetic: {len(int8)} "
+    text.append(f" MNN cells timed here that computed in fp16: {fp16}. Cells that computed with int8 arithmetic: {len(int8)} "
                 f"(full int8 models, and weight-quantized MNN variants at memory low: dynamic int8); a "
                 f"weight-quantized variant at memory normal computes in float (only its file is smaller).\n")
     return "".join(text)
@@ -442,7 +447,7 @@ def target_section(ctx, tp: pd.DataFrame) -> str:
            f"`make arm MODEL={ctx.cfg.name}` (reports/{ctx.cfg.name}/target_parity.csv): the same MNN files and "
            "settings run through the same runner on the host and on the emulated ARM64 target (MNN's aarch64 "
            "kernels under QEMU user mode; accuracy is exact there, timing is not measured). "
-           f"Photos: {tp['images'].iloc[0]}, prompts: {tp['prompts'].iloc[0]}. `fp16`/`int8`: the arithmetic "
+           f"{tp['images'].iloc[0]} photo(s), prompts: {tp['prompts'].iloc[0]}. `fp16`/`int8`: the arithmetic "
            "that ran; `*_fp32_up`: masks made by upsampling the cell's low_res_masks in fp32 on the host.\n\n",
            _md(table.astype(object).fillna(""))]
     arm = tp[(tp["emulated"] == True) & (tp["status"] == "ok") & (tp["component"] == "e2e")]  # noqa: E712

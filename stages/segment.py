@@ -250,7 +250,7 @@ def parse_options(text: str) -> dict[str, object]:
 def recommended_models(root: Path, model: str, pick: str = "fastest") -> dict[str, dict] | None:
     """The MNN rows of reports/MODEL/recommended.csv (pick `fastest`: the fastest variant of each component that
     passes parity; `smallest`: the smallest file that passes): component -> {path, precision, options (memory
-    mode included)}. None when there is no such file or row."""
+    mode included), upsample (fp32 where the decoder computes fp16)}. None when there is no such file or row."""
     import csv
 
     path = Path(root) / "reports" / model / "recommended.csv"
@@ -262,7 +262,8 @@ def recommended_models(root: Path, model: str, pick: str = "fastest") -> dict[st
     if not {"encoder", "decoder"} <= set(rows):
         return None
     return {c: {"path": Path(root) / rows[c]["path"], "precision": rows[c]["precision"],
-                "options": parse_options(rows[c].get("mode_options", ""))} for c in ("encoder", "decoder")}
+                "options": parse_options(rows[c].get("mode_options", "")),
+                "upsample": rows[c].get("upsample") or "graph"} for c in ("encoder", "decoder")}
 
 
 def segment_file(image_path: Path, out_dir: Path, encoder: Path, decoder: Path, points=None, labels=None, box=None,

@@ -49,7 +49,7 @@ def _unchecked(target: Target, cell: ParityCell, flags: set[str]) -> str | None:
     """Settings a target cannot compute as a device would: said so, never reported as checked."""
     if cell.precision == "Low_BF16" and "sme2" not in flags:
         return (f"Low_BF16 cannot be checked on {target.describe()}: MNN's bf16 kernels need SME2, which this "
-                f"CPU does not report (QEMU 7.2 offers none); it would compute fp32")
+                f"CPU does not report{' (QEMU offers none)' if target.emulated else ''}; it would compute fp32")
     return None
 
 

@@ -31,8 +31,9 @@ FP32_ONLY = {"convert.variants": {"fp32": []}, "name": "tiny_fp32", "parity.imag
 
 
 # `make test` runs two pytest-xdist workers (--dist loadgroup): the tests that share a session-built pipeline
-# run on one worker, so each pipeline is built once.
-GROUPS = {"tiny_run": "tiny", "fp32_build": "fp32", "fp32_only": "fp32", "external_run": "external"}
+# run on one worker, so each pipeline is built once. The emulated-ARM tests (minutes of QEMU) get a group of
+# their own, so they run beside the fp32 group rather than after it (their worker builds fp32_build again).
+GROUPS = {"arm": "arm", "tiny_run": "tiny", "fp32_build": "fp32", "fp32_only": "fp32", "external_run": "external"}
 
 
 def pytest_itemcollected(item):
