@@ -148,7 +148,7 @@ def _key(df: pd.DataFrame, cols: list[str], drop: set[str]) -> pd.Series:
 
 def compare_runs(a: Run, b: Run, cfg: RegressConfig) -> pd.DataFrame:
     """One row per (cell, metric): a (baseline) value, b (new) value, what is allowed, and a verdict:
-    same | better | worse | newly failing | fixed | missing in b | new in b | not comparable."""
+    same | better | worse | drift (report-only tier) | newly failing | fixed | missing in b | new in b | not comparable."""
     drop = set(a.filters) | set(b.filters)
     rows: list[dict] = []
     if a.parity is not None or b.parity is not None:
@@ -194,9 +194,14 @@ def _compare_parity(a, b, gate: AccuracyGate, drop) -> list[dict]:
             allowed = va - tol if up else va + tol
             worse = vb < allowed if up else vb > allowed
             better = vb > va + tol if up else vb < va - tol
+            # a report-only tier (gate: false: full int8, dynamic int8, 4-bit) computes with the CPU's own int8
+            # kernels: measured on this project's int8 cells, an AMD and an Intel machine differ by more than
+            # the tolerance (cosine 0.9897 vs 0.9873 for ort-int8-static). Its drift is reported, not a regression
+            target = str(rb.get("gate", True)).lower() == "false"
             rows.append({"kind": "parity", "cell": cell, "metric": metric, "a": va, "b": vb,
                          "allowed": f"{'>=' if up else '<='} {allowed:.6g}",
-                         "verdict": "worse" if worse else "better" if better else "same"})
+                         "verdict": ("drift (report-only tier)" if target else "worse") if worse
+                         else "better" if better else "same"})
     return rows
 
 

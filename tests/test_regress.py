@@ -87,6 +87,16 @@ def test_baseline_demanding_better_accuracy_fails(tmp_path):
     assert len(bad) == 1 and bad.iloc[0]["metric"] == "mask_iou" and bad.iloc[0]["allowed"] == ">= 0.99"
 
 
+def test_drift_of_a_report_only_tier_is_said_but_not_a_regression(tmp_path):
+    """Int8 cells (gate: false) differ between CPUs by more than the tolerance: reported as drift, not failed."""
+    a, b = _parity(iou=1.0).assign(gate=False), _parity(iou=0.95).assign(gate=False)
+    df = compare_runs(_run(tmp_path, "a", a, _latency()), _run(tmp_path, "b", b, _latency()), CFG)
+    assert _bad(df).empty and "drift (report-only tier)" in set(df["verdict"])
+    gating = compare_runs(_run(tmp_path, "c", a.assign(gate=True), _latency()),
+                          _run(tmp_path, "d", b.assign(gate=True), _latency()), CFG)
+    assert set(_bad(gating)["metric"]) == {"mask_iou"}
+
+
 def test_newly_failing_and_missing_cells_are_reported(tmp_path):
     lat_b = _latency().iloc[1:]  # the encoder onnxruntime cell is gone
     df = compare_runs(_run(tmp_path, "a", _parity(), _latency()), _run(tmp_path, "b", _parity(passed=False), lat_b), CFG)
