@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN := $(PY) -m stages
 
-.PHONY: install all bench parity arm arm-env report segment regress baseline compare test test-e2e lint status clean clean-all help
+.PHONY: install all bench parity arm arm-env report segment demo regress baseline compare test test-e2e lint status clean clean-all help
 
 help:
 	@echo "make all MODEL=vit_t    build .venv if needed, then run every stage for MODEL (cached stages are skipped)"
@@ -18,6 +18,7 @@ help:
 	@echo "make arm MODEL=...      parity of the model's targets: cells (fp16, dynamic int8) on the emulated ARM64 target"
 	@echo "make arm-env            build the emulated ARM64 target (qemu-user-static, Debian arm64, MNN aarch64 wheel)"
 	@echo "make segment MODEL=vit_t IMAGE=x.jpg POINTS=\"500,375\"   MNN-only segmentation: mask PNG + overlay JPEG"
+	@echo "make demo MODEL=vit_t [PORT=8765]   click to segment in the browser (MNN only, on 127.0.0.1)"
 	@echo "make regress MODEL=... [BASE=ref]   quick-sweep run; accuracy vs reports/baselines/MODEL, latency A/B"
 	@echo "                        against BASE (default: merge-base with main) on this machine; exits 1 on a regression"
 	@echo "make baseline MODEL=... refresh reports/baselines/MODEL on purpose (then commit it)"
@@ -65,6 +66,10 @@ segment: install
 	$(RUN) segment --model $(MODEL) --image "$(IMAGE)" $(if $(POINTS),--points "$(POINTS)",) \
 		$(if $(LABELS),--labels "$(LABELS)",) $(if $(BOX),--box "$(BOX)",) $(if $(VARIANT),--variant $(VARIANT),) \
 		$(if $(UPSAMPLE),--upsample $(UPSAMPLE),)
+
+# click to segment in a browser, on the MNN models of build/MODEL (needs `make all`, or at least the convert stage)
+demo: install
+	$(RUN) demo --model $(MODEL) $(if $(PORT),--port $(PORT),)
 
 report: install
 	$(RUN) run --model $(MODEL) $(SWEEP_ARG) report

@@ -267,6 +267,17 @@ def cmd_arm_env(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    """MNN only, as segment: the server process imports no torch, onnx or onnxruntime."""
+    from stages.demo.server import Demo, serve
+
+    try:
+        serve(Demo(args.root.resolve(), args.model, threads=args.threads), args.port, args.idle_minutes)
+    except KeyboardInterrupt:  # uvicorn stops on Ctrl-C / SIGTERM, then re-raises the signal it caught
+        print("demo stopped", file=sys.stderr)
+    return 0
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -320,6 +331,13 @@ def main(argv: list[str] | None = None) -> int:
                         "where the decoder computes fp16: precision low on ARM, GPU backends; see summary.md). "
                         "Default: the recommended decoder's setting (recommended.csv `upsample`), else graph")
     p.set_defaults(func=cmd_segment)
+    p = sub.add_parser("demo", help="click to segment in the browser: a local page (127.0.0.1) on the MNN models")
+    p.add_argument("--model", default="vit_t", help="serve build/MODEL's MNN variants")
+    p.add_argument("--root", type=Path, default=ROOT)
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--idle-minutes", type=float, default=30.0, help="stop after this long without a request")
+    p.set_defaults(func=cmd_demo)
     p = sub.add_parser("arm-env", help="build the emulated ARM64 target (Debian arm64 root + MNN's aarch64 wheel "
                                        "under QEMU) in build/targets/arm64, if it is not there")
     p.set_defaults(func=cmd_arm_env)

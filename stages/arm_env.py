@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from stages import debian
 from stages.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -79,27 +80,10 @@ def check_versions(host: str, target: str, where: Path) -> None:
                             f"Remove {where} and run `make arm-env` to rebuild it with MNN {host}")
 
 
-def _tool(name: str) -> str | None:
-    return shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
-
-
 def _host_tools(install: bool) -> str:
-    missing = [p for p, exe in zip(DEBIAN_PACKAGES, ("qemu-aarch64-static", "mmdebstrap"), strict=True) if not _tool(exe)]
-    if missing and install and os.geteuid() == 0 and shutil.which("apt-get"):
-        log.info("arm-env: installing Debian packages %s", " ".join(missing))
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
-            res = subprocess.run(argv, capture_output=True, text=True, env=env)
-            if res.returncode != 0:
-                raise PipelineError(f"`{' '.join(argv)}` failed: {(res.stderr or res.stdout).strip()[-500:]}. The "
-                                    f"emulated ARM64 target needs the Debian packages {', '.join(DEBIAN_PACKAGES)}")
-        missing = [p for p, exe in zip(DEBIAN_PACKAGES, ("qemu-aarch64-static", "mmdebstrap"), strict=True)
-                   if not _tool(exe)]
-    if missing:
-        raise PipelineError(f"the emulated ARM64 target needs the Debian packages {', '.join(missing)}: "
-                            f"`sudo apt-get install {' '.join(missing)}` (they could not be installed here: "
-                            f"{'not root' if os.geteuid() != 0 else 'no apt-get'})")
-    return _tool("qemu-aarch64-static")  # type: ignore[return-value]
+    tools = debian.ensure(dict(zip(("qemu-aarch64-static", "mmdebstrap"), DEBIAN_PACKAGES, strict=True)),
+                          "the emulated ARM64 target", install)
+    return tools["qemu-aarch64-static"]
 
 
 @contextlib.contextmanager

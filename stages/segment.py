@@ -73,6 +73,15 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class ImageState:
+    """What the decoder needs of one image: its embeddings and original size (and what encoding it took)."""
+
+    embeddings: np.ndarray
+    original_size: tuple[int, int]
+    encoder_ms: float = 0.0
+
+
+@dataclass
 class Prediction:
     masks: np.ndarray  # [C, H, W] bool at the original size
     iou_predictions: np.ndarray  # [C]
@@ -125,36 +134,47 @@ class MnnSamPredictor:
         for component, rt in (("encoder", self.encoder), ("decoder", self.decoder)):
             check_interface(rt, component)
         self.timings_ms = {"load": (time.perf_counter() - t0) * 1000}
-        self.embeddings: np.ndarray | None = None
-        self.original_size: tuple[int, int] | None = None
+        self.image: ImageState | None = None
 
     def set_image(self, image: np.ndarray) -> None:
         """Run the encoder on an HxWx3 uint8 RGB image (grayscale and RGBA are converted)."""
         image = as_rgb(image)
         t0 = time.perf_counter()
         x = preprocess_image(image, resize=numpy_resize)
-        t1 = time.perf_counter()
-        self.embeddings = self.encoder.run({"image": x})["image_embeddings"]
-        t2 = time.perf_counter()
-        if not np.all(np.isfinite(self.embeddings)):
+        self.timings_ms["preprocess"] = (time.perf_counter() - t0) * 1000
+        self.image = self.encode(x, image.shape[:2])
+        self.timings_ms["encoder"] = self.image.encoder_ms
+
+    def encode(self, x: np.ndarray, original_size: tuple[int, int]) -> ImageState:
+        """The encoder on a preprocessed [1, 3, 1024, 1024] input; the predictor's own state is left alone, so one
+        predictor serves several images (the demo keeps one ImageState per browser session)."""
+        t0 = time.perf_counter()
+        emb = self.encoder.run({"image": x})["image_embeddings"]
+        if not np.all(np.isfinite(emb)):
             raise PipelineError(f"MNN encoder {self.encoder.path} gives NaN/Inf embeddings" + external_hint(self.encoder.path))
-        self.original_size = image.shape[:2]
-        self.timings_ms.update(preprocess=(t1 - t0) * 1000, encoder=(t2 - t1) * 1000)
+        return ImageState(emb, tuple(int(v) for v in original_size), (time.perf_counter() - t0) * 1000)
+
+    @property
+    def embeddings(self) -> np.ndarray | None:
+        return None if self.image is None else self.image.embeddings
 
     def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
-                multimask_output: bool = False) -> Prediction:
+                multimask_output: bool = False, image: ImageState | None = None) -> Prediction:
         """Masks for a prompt in original-image pixels: points (N x 2, labels 1 = foreground, 0 = background),
-        a box (x0, y0, x1, y1), and/or a previous low_res_masks entry as mask_input."""
-        if self.embeddings is None:
+        a box (x0, y0, x1, y1), and/or a previous low_res_masks entry as mask_input. `image`: an encode()
+        result to use instead of the one set_image() left."""
+        image = image or self.image
+        if image is None:
             raise PipelineError("call set_image() before predict()")
-        pts, labels, box = self._check_prompt(point_coords, point_labels, box, mask_input)
+        size = image.original_size
+        pts, labels, box = self._check_prompt(point_coords, point_labels, box, mask_input, size)
         t0 = time.perf_counter()
-        feeds = decoder_feeds(self.embeddings, pts, labels, self.original_size, box=box, mask_input=mask_input)
+        feeds = decoder_feeds(image.embeddings, pts, labels, size, box=box, mask_input=mask_input)
         out = self.decoder.run(feeds)
         t1 = time.perf_counter()
         masks, iou, low = out["masks"][0], out["iou_predictions"][0], out["low_res_masks"][0]
         if self.upsample == "fp32":
-            masks = upsample_masks(low, self.original_size)
+            masks = upsample_masks(low, size)
         if multimask_output and masks.shape[0] == 1:
             raise PipelineError("this decoder was exported with a single mask output "
                                 "(export.multimask_output: false); re-export it to get several masks")
@@ -166,8 +186,9 @@ class MnnSamPredictor:
             timings["upsample_fp32"] = (time.perf_counter() - t1) * 1000
         return Prediction(masks > 0.0, iou, low, timings)
 
-    def _check_prompt(self, point_coords, point_labels, box, mask_input):
-        h, w = self.original_size
+    @staticmethod
+    def _check_prompt(point_coords, point_labels, box, mask_input, size):
+        h, w = size
         if point_coords is None and box is None and mask_input is None:
             raise PipelineError("no prompt: give points (with labels), a box, or a previous mask")
         pts = np.zeros((0, 2), np.float32) if point_coords is None else np.asarray(point_coords, np.float32)

@@ -94,3 +94,27 @@ def test_a_second_run_runs_nothing(built):
     results = run_pipeline(cfg, root)
     assert {r.stage: r.status for r in results} == dict.fromkeys(ALL_STAGES, "cached")
     assert lock_file.read_bytes() == before
+
+
+def test_demo_page_segments_with_the_built_models(built):
+    """make demo on the real vit_t build, in Debian's Chromium: a point and a box give a mask; the screenshot
+    (reports/vit_t/demo.png) is the README's."""
+    from browser import chromium, demo_server, mask_pixels
+
+    root, _, reports, _ = built
+    with demo_server(root, "vit_t") as (url, _), chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 860})
+        page.goto(url + "/")
+        page.wait_for_selector("body[data-ready='1']", timeout=300_000)
+        layer = page.locator("#prompt-layer").bounding_box()
+        scale = layer["width"] / 512  # astronaut is 512x512
+        page.mouse.click(layer["x"] + 260 * scale, layer["y"] + 170 * scale)
+        page.wait_for_selector("#mask-layer[data-seq='1']", timeout=300_000)
+        page.mouse.move(layer["x"] + 90 * scale, layer["y"] + 20 * scale)
+        page.mouse.down()
+        page.mouse.move(layer["x"] + 400 * scale, layer["y"] + 500 * scale, steps=5)
+        page.mouse.up()
+        page.wait_for_selector("#mask-layer[data-seq='2']", timeout=300_000)
+        assert mask_pixels(page)["total"] > 0
+        assert page.request.get(url + "/api/info").json()["loaded_modules"] == []
+        page.screenshot(path=str(reports / "demo.png"))

@@ -120,7 +120,7 @@ def _cli(repo: Path, command: str, cfg: Path, root: Path, *extra: str) -> subpro
 
 
 def test_a_planted_slowdown_is_caught_an_unchanged_cell_is_not_and_the_base_reuses_the_build(clone):
-    """One regress run: the new side (a commit that makes every MNN run sleep 30 ms, plus an uncommitted edit)
+    """One regress run: the new side (a commit that makes every MNN run take twice as long, plus an uncommitted edit)
     against its parent. The MNN cell must be worse with high confidence; the onnxruntime cell, whose code did
     not change, must not be flagged; the base worktree must reuse the copied build (same code)."""
     repo, root, cfg = clone
@@ -128,8 +128,12 @@ def test_a_planted_slowdown_is_caught_an_unchanged_cell_is_not_and_the_base_reus
     runtimes = repo / "stages" / "runtimes.py"
     text = runtimes.read_text()
     assert "class MnnRuntime" in text and "import numpy as np\n" in text
+    # every MNN run then takes twice as long as it did plus 10 ms: a 2x slowdown whatever else loads the machine
+    # (a fixed 30 ms sleep was x1.23 on a tiny decoder slowed to 95 ms by a browser test on the other core)
     planted = text.replace("import numpy as np\n", "import time\n\nimport numpy as np\n", 1) + (
-        "\n\n_run = MnnRuntime.run\nMnnRuntime.run = lambda self, feeds: (time.sleep(0.03), _run(self, feeds))[1]\n")
+        "\n\n_run = MnnRuntime.run\n\n\ndef _slow_run(self, feeds):\n    t0 = time.perf_counter()\n"
+        "    out = _run(self, feeds)\n    time.sleep(time.perf_counter() - t0 + 0.01)\n    return out\n\n\n"
+        "MnnRuntime.run = _slow_run\n")
     runtimes.write_text(planted)
     _git(repo, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-q", "-am", "planted slowdown")
     # the default base on main's tip: HEAD~1 with a clean tree, HEAD (the edits are what is new) with edits

@@ -1,0 +1,1 @@
+"""`make demo`: click to segment in a browser, on the MNN-only runtime (server.py, page in static/)."""
