@@ -218,16 +218,17 @@ class MnnSamPredictor:
 
 def overlay(image: np.ndarray, mask: np.ndarray, points=None, labels=None, box=None) -> np.ndarray:
     """The image with the mask tinted blue, foreground points green, background points red, the box yellow."""
-    out = image.astype(np.float32).copy()
-    out[mask] = 0.5 * out[mask] + 0.5 * np.array([30, 144, 255], np.float32)
-    out = out.astype(np.uint8)
+    out = image.copy()
+    tint = np.array([30, 144, 255], np.uint16)
+    out[mask] = ((out[mask].astype(np.uint16) + tint) // 2).astype(np.uint8)
     h, w = mask.shape
     r = max(4, min(h, w) // 60)
     for (x, y), lab in zip(np.asarray(points if points is not None else np.zeros((0, 2))).reshape(-1, 2),
                            np.asarray(labels if labels is not None else []).ravel(), strict=False):
-        yy, xx = np.ogrid[:h, :w]
-        disc = (xx - x) ** 2 + (yy - y) ** 2 <= r * r
-        out[disc] = (0, 200, 0) if lab == 1 else (220, 0, 0)
+        x0, y0 = max(int(x) - r, 0), max(int(y) - r, 0)  # only the disc's square, not the whole image
+        yy, xx = np.ogrid[y0 : min(int(y) + r + 1, h), x0 : min(int(x) + r + 1, w)]
+        out[y0 : y0 + yy.shape[0], x0 : x0 + xx.shape[1]][(xx - x) ** 2 + (yy - y) ** 2 <= r * r] = (
+            (0, 200, 0) if lab == 1 else (220, 0, 0))
     if box is not None:
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         t = max(2, r // 2)
