@@ -61,7 +61,7 @@ baseline: install
 compare: install
 	$(RUN) compare "$(A)" "$(B)"
 
-# make segment MODEL=vit_t IMAGE=photo.jpg POINTS="500,375" [LABELS=1] [BOX=x0,y0,x1,y1] [VARIANT=fp32] [UPSAMPLE=fp32]
+# make segment MODEL=vit_t IMAGE=photo.jpg POINTS="500,375" [LABELS=1] [BOX=x0,y0,x1,y1] [VARIANT=fp32] [UPSAMPLE=graph]
 segment: install
 	$(RUN) segment --model $(MODEL) --image "$(IMAGE)" $(if $(POINTS),--points "$(POINTS)",) \
 		$(if $(LABELS),--labels "$(LABELS)",) $(if $(BOX),--box "$(BOX)",) $(if $(VARIANT),--variant $(VARIANT),) \

@@ -226,7 +226,7 @@ def cmd_segment(args) -> int:
     encoder = mnn / f"encoder.{args.variant}.mnn"
     decoder = mnn / f"decoder.{args.variant}.mnn"
     options: dict[str, dict] = {}
-    upsample = "graph"
+    upsample = "fp32"
     if args.variant in ("recommended", "smallest"):
         rec = recommended_models(args.root.resolve(), args.model, "smallest" if args.variant == "smallest" else "fastest")
         if rec is None:
@@ -327,9 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", help="MNN precision: normal, high, low, Low_BF16 (default: recommended, else normal)")
     p.add_argument("--upsample", choices=("graph", "fp32"),
-                   help="graph: the decoder's full-size masks; fp32: upsample its low_res_masks here in fp32 (use it "
-                        "where the decoder computes fp16: precision low on ARM, GPU backends; see summary.md). "
-                        "Default: the recommended decoder's setting (recommended.csv `upsample`), else graph")
+                   help="fp32 (default): the decoder runs without its in-graph resize and its low_res_masks are "
+                        "upsampled here in fp32 (faster on MNN; exact where the decoder computes fp16: precision "
+                        "low on ARM, GPU backends); graph: the decoder's own full-size masks. Default: the "
+                        "recommended decoder's setting (recommended.csv `upsample`), else fp32")
     p.set_defaults(func=cmd_segment)
     p = sub.add_parser("demo", help="click to segment in the browser: a local page (127.0.0.1) on the MNN models")
     p.add_argument("--model", default="vit_t", help="serve build/MODEL's MNN variants")

@@ -25,7 +25,7 @@ from stages.flops import decoder_flops, encoder_flops
 from stages.isolate import run_isolated
 from stages.models import file_sha256
 from stages.preprocess import preprocess_image
-from stages.runtimes import RUNTIMES, OrtRuntime
+from stages.runtimes import RUNTIMES, OrtRuntime, Same
 from stages.samples import load_images
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,14 @@ def grid(sweep, convert_variants=(), quant: dict | None = None) -> list[BenchCel
                                 cells.append(BenchCell(component, runtime, backend, artifact_name(runtime, variant),
                                                        variant, precision, threads, mode))
     return cells
+
+
+def masks_made(runtime: str, component: str, options: dict) -> str:
+    """Where a row's full-size masks come from: "fp32" (upsampled in numpy, MNN's default), "graph" (the
+    decoder's own resize), "" for the encoder."""
+    if component == "encoder":
+        return ""
+    return options.get("upsample", "fp32") if runtime == "mnn" else "graph"
 
 
 def workloads(sweep, component: str, photo_hw: tuple[int, int]) -> list[dict]:
@@ -150,6 +158,10 @@ def run(ctx) -> list[dict]:
             compute = RUNTIMES[cell.runtime].arithmetic(cell.backend, cell.precision, opts, kind, flags)
             base.update(compute, variant_kind=kind)
             same = RUNTIMES[cell.runtime].identical_to(cell.precision, opts, kind, cell.backend, flags)
+            if same is None and cell.component == "encoder" and "upsample" in opts:
+                same = Same(cell.precision, {k: v for k, v in opts.items() if k != "upsample"},
+                            "upsample applies to the decoder only: the encoder computes exactly what it does without it")
+            base["upsample"] = masks_made(cell.runtime, cell.component, opts)
             rs = sweep.runtimes[cell.runtime]
             if why is None and same and sweep.identical_settings == "skip" \
                     and same.timed_in(rs.precisions, rs.modes):  # the cell it repeats is timed
@@ -170,6 +182,8 @@ def run(ctx) -> list[dict]:
                 rows.extend({**base, **w, "status": f"failed: {res.why}"} for w in loads)
                 continue
             r = res.result
+            if r.get("upsample"):  # what the runtime did: a decoder without low_res_masks runs its own resize
+                base["upsample"] = r["upsample"]
             sha = ",".join(file_sha256(p)[:16] for p in needed) if cell.runtime != "torch" else ctx.weights
             for w in r["workloads"]:
                 samples.extend({"cell": cell.key, "points": w["points"], "out_h": w["out_size"][0],

@@ -17,6 +17,7 @@ Every case runs in the order given; a crash (segfault) leaves no result file and
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -25,7 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+if __name__ == "__main__":  # on a target: one BLAS thread, set before numpy loads it (see single_threaded_blas)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 # pymnn's runtime config (getScheduleConfig in pymnn/src/util.h, MNN 3.6.1) takes integers: the backend as
 # MNN's forward type (its strings must be upper case: "OpenCL" raises "backend not support" even in builds
@@ -36,6 +40,66 @@ MNN_BACKENDS = {"CPU": 0, "Metal": 1, "CUDA": 2, "OpenCL": 3, "OpenGL": 6, "Vulk
 MNN_MODES = {"normal": 0, "high": 1, "low": 2}  # memory and power
 CASE_SEP = "::"
 FEATURES_PREFIX = "The device supports:"
+UPSAMPLE = ("graph", "fp32")  # where a SAM decoder's masks are made: its in-graph resize, or here in fp32 numpy
+IMAGE_SIZE = 1024  # SAM's input side
+
+
+def resized_shape(h: int, w: int, target: int = IMAGE_SIZE) -> tuple[int, int]:
+    """(new_h, new_w) with the longest side scaled to `target`, rounded as SAM rounds."""
+    scale = target / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of torch's F.interpolate(mode="bilinear", align_corners=False) along one axis:
+    source position (i + 0.5) * n_in / n_out - 0.5, clamped at 0; two taps; no antialiasing."""
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = src - i0
+    m = np.zeros((n_out, n_in), np.float32)
+    np.add.at(m, (np.arange(n_out), i0), (1.0 - w1).astype(np.float32))
+    np.add.at(m, (np.arange(n_out), i1), w1.astype(np.float32))
+    return m
+
+
+def _blocks(m: np.ndarray, chunk: int = 64) -> list[tuple[int, int, int, int, np.ndarray]]:
+    """A sparse [n_out, n_in] matrix as blocks of `chunk` rows over only the columns they use."""
+    out = []
+    for j0 in range(0, m.shape[0], chunk):
+        rows = m[j0 : j0 + chunk]
+        nz = np.flatnonzero(rows.any(axis=0))
+        out.append((j0, j0 + len(rows), int(nz[0]), int(nz[-1]) + 1, np.ascontiguousarray(rows[:, nz[0] : nz[-1] + 1])))
+    return out
+
+
+_UPSAMPLERS: dict[tuple, tuple] = {}
+
+
+def upsample_masks(low_res: np.ndarray, orig_hw, target: int = IMAGE_SIZE) -> np.ndarray:
+    """SAM's mask postprocessing in fp32 numpy (SamOnnxModel.mask_postprocessing without torch): low_res_masks
+    [..., 256, 256] -> bilinear to target x target, crop the padding, bilinear to the original size. Both steps
+    per axis are one matrix, applied in blocks over the few inputs each output reaches (about 3 ms for
+    1200x1800 on 2 cores; the dense product took 16 ms). Used where the decoder's in-graph resize is slow or
+    cannot be trusted (MNN computes it in fp16 at precision low on ARM)."""
+    h, w = (int(v) for v in np.asarray(orig_hw).ravel()[:2])
+    lh, lw = low_res.shape[-2:]
+    key = (h, w, lh, lw, target)
+    if key not in _UPSAMPLERS:
+        ph, pw = resized_shape(h, w, target)
+        rows = _bilinear_matrix(ph, h) @ _bilinear_matrix(lh, target)[:ph]  # [h, lh]: both steps, one matrix
+        cols = _bilinear_matrix(pw, w) @ _bilinear_matrix(lw, target)[:pw]  # [w, lw]
+        _UPSAMPLERS.clear() if len(_UPSAMPLERS) > 8 else None
+        _UPSAMPLERS[key] = (_blocks(rows), _blocks(cols))
+    row_blocks, col_blocks = _UPSAMPLERS[key]
+    x = low_res.astype(np.float32, copy=False)
+    y = np.empty((*x.shape[:-1], w), np.float32)
+    for j0, j1, lo, hi, m in col_blocks:
+        y[..., j0:j1] = x[..., lo:hi] @ m.T
+    out = np.empty((*x.shape[:-2], h, w), np.float32)
+    for j0, j1, lo, hi, m in row_blocks:
+        out[..., j0:j1, :] = m @ y[..., lo:hi, :]
+    return out
 
 
 class RunnerError(Exception):
@@ -92,17 +156,45 @@ def cpu_features() -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # a target: this file ran as a script, which set OPENBLAS_NUM_THREADS=1 before numpy loaded
+        return None
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """numpy's OpenBLAS threads busy-wait after each call and take the cores MNN's own threads need: vit_t's
+    decoder with its masks upsampled in numpy (2 ms of BLAS) ran 2x slower than without, in a loop, until that
+    BLAS work ran on one thread (same 2 ms: the blocks are small). Limited only around the runner's own numpy
+    work, so the caller's numpy (preprocessing) keeps its threads."""
+    ctl = _blas_controller()
+    if ctl is None:
+        yield
+        return
+    with ctl.limit(limits=1, user_api="blas"):
+        yield
+
+
 class MnnModel:
     """An MNN model loaded with one runtime config; run(feeds) -> outputs, all float32 NCHW."""
 
     def __init__(self, path, threads: int = 1, precision: str = "normal", backend: str = "CPU",
-                 memory: str = "normal", power: str = "normal", shape_mutable: bool = True, rearrange: bool = False):
+                 memory: str = "normal", power: str = "normal", shape_mutable: bool = True, rearrange: bool = False,
+                 upsample: str = "graph"):
+        """upsample (a SAM decoder only): "graph" runs the whole decoder; "fp32" loads it without the resize of
+        its masks to orig_im_size (the module stops at low_res_masks and iou_predictions) and makes `masks`
+        here with upsample_masks, in fp32, whatever precision MNN computes in."""
         mnn = import_mnn()
         import MNN.expr as F
         import MNN.nn as nn
 
         for what, value, known in (("precision", precision, MNN_PRECISIONS), ("backend", backend, MNN_BACKENDS),
-                                   ("memory", memory, MNN_MODES), ("power", power, MNN_MODES)):
+                                   ("memory", memory, MNN_MODES), ("power", power, MNN_MODES),
+                                   ("upsample", upsample, UPSAMPLE)):
             if value not in known:  # MNN would ignore or misread it without a word: refuse it here
                 raise RunnerError(f"MNN {what} {value!r} is not one of {', '.join(known)}")
         if not Path(path).is_file():
@@ -111,32 +203,54 @@ class MnnModel:
         self._F = F
         self.path = Path(path)
         self.settings = {"backend": backend, "precision": precision, "memory": memory, "power": power}
+        self.upsample, self.upsample_seconds = upsample, 0.0
         try:
             self.runtime_manager = nn.create_runtime_manager((mnn_schedule(backend, threads, precision, memory, power),))
         except Exception as e:
             raise RunnerError(f"MNN could not open backend {backend} ({e.__cause__ or e})") from None
-        try:
-            self.module = nn.load_module_from_file(str(path), [], [], runtime_manager=self.runtime_manager,
-                                                   shape_mutable=shape_mutable, rearrange=rearrange)
-        except Exception:  # MNN raises SystemError for a truncated or foreign file
-            self.module = None
-        if self.module is None:
-            raise RunnerError(f"MNN cannot load {path} (not an MNN model, or truncated)")
+        self.module = self._load(nn, [], [], shape_mutable, rearrange)
         info = self.module.get_info()
         self.input_names = list(info["inputNames"])
         self.output_names = list(info["outputNames"])
+        self._inputs, self._outputs = self.input_names, self.output_names
+        if upsample == "fp32" and not ({"masks", "low_res_masks"} <= set(self.output_names)
+                                       and "orig_im_size" in self.input_names):
+            # not a SAM decoder, or one without low_res_masks (MNN's full-int8 decoder): it runs whole, and its
+            # `upsample` says so (a caller checking the interface names what the file is)
+            self.upsample = "graph"
+        self.settings["upsample"] = self.upsample
+        if self.upsample == "fp32":
+            self._inputs = [n for n in self.input_names if n != "orig_im_size"]
+            self._outputs = [n for n in self.output_names if n != "masks"]
+            self.module = self._load(nn, self._inputs, self._outputs, shape_mutable, rearrange)
+
+    def _load(self, nn, inputs: list[str], outputs: list[str], shape_mutable: bool, rearrange: bool):
+        """The module from `inputs` to `outputs` ([] and []: the whole graph); MNN computes only what they need."""
+        try:
+            module = nn.load_module_from_file(str(self.path), inputs, outputs, runtime_manager=self.runtime_manager,
+                                              shape_mutable=shape_mutable, rearrange=rearrange)
+        except Exception:  # MNN raises SystemError for a truncated or foreign file
+            module = None
+        if module is None:
+            raise RunnerError(f"MNN cannot load {self.path} (not an MNN model, or truncated)")
+        return module
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         F = self._F
         inputs = [F.const(np.ascontiguousarray(feeds[n], dtype=np.float32), list(feeds[n].shape), F.NCHW)
-                  for n in self.input_names]
+                  for n in self._inputs]
         outs = self.module.forward(inputs)
         result = {}
-        for name, var in zip(self.output_names, outs, strict=True):
+        for name, var in zip(self._outputs, outs, strict=True):
             if var.data_format == F.NC4HW4:
                 var = F.convert(var, F.NCHW)
             result[name] = np.array(var.read(), copy=True)
-        return result
+        if self._outputs is not self.output_names:  # upsample fp32: the masks, made here
+            t0 = time.perf_counter()
+            with single_threaded_blas():
+                result["masks"] = upsample_masks(result["low_res_masks"], feeds["orig_im_size"])
+            self.upsample_seconds = time.perf_counter() - t0
+        return {n: result[n] for n in self.output_names}
 
 
 def _cases(path: str) -> dict[str, dict[str, np.ndarray]]:
@@ -173,7 +287,7 @@ def serve(req: dict) -> dict:
             outs[f"{case}{CASE_SEP}{name}"] = value
         times.append(time.perf_counter() - t0)
     np.savez(req["out"], **outs)
-    return {**about(), "inputs": model.input_names,
+    return {**about(), "inputs": model.input_names, "upsample": model.upsample,
             "outputs": model.output_names, "load_seconds": load_seconds, "run_seconds": times, "cases": len(cases)}
 
 

@@ -116,7 +116,8 @@ def _prompt_feeds(emb: np.ndarray, name: str, img: np.ndarray, p: str, ref: Refe
 
 
 def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path, target: Target = HOST,
-           threads: int | None = None, timeout_s: float | None = None) -> dict[str, dict[str, np.ndarray]]:
+           threads: int | None = None, timeout_s: float | None = None,
+           upsample: str = "fp32") -> dict[str, dict[str, np.ndarray]]:
     """Run every case through the cell's `component`: MNN cells through the target's MNN runner (the host's
     too: one code path), other runtimes in a worker process."""
     feeds = save_cases(tmp / f"{component}-feeds.npz", cases)
@@ -127,8 +128,10 @@ def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path, target
     timeout_s = timeout_s or ctx.cfg.parity.timeout_s
     model = str(getattr(cell, component))
     if cell.runtime == "mnn":
-        res = target.run({"model": model, "feeds": str(feeds), "out": str(out),
-                          "settings": {"threads": threads, "precision": cell.precision, "memory": cell.memory}},
+        settings = {"threads": threads, "precision": cell.precision, "memory": cell.memory}
+        if component == "decoder":  # where its masks are made: as MnnRuntime makes them by default, or in the graph
+            settings["upsample"] = upsample
+        res = target.run({"model": model, "feeds": str(feeds), "out": str(out), "settings": settings},
                          log_file, timeout_s)
     else:
         res = run_isolated("infer", {"runtime": cell.runtime, "model": model, "threads": threads,
@@ -140,10 +143,12 @@ def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path, target
 
 
 def evaluate_cell(ctx, cell: ParityCell, ref: Reference, target: Target = HOST, threads: int | None = None,
-                  timeout_s: float | None = None, fp32_upsample: bool = False) -> list[dict]:
+                  timeout_s: float | None = None, fp32_upsample: bool = False, upsample: str = "fp32") -> list[dict]:
     """Run one cell (encoder, decoder on torch embeddings, own encoder -> own decoder) and score it.
     fp32_upsample: also score the masks made from the cell's low_res_masks upsampled in fp32 on the host
-    (mask_iou_fp32_upsample), which tells the in-graph resize's error from the rest of the decoder's."""
+    (mask_iou_fp32_upsample), which tells the in-graph resize's error from the rest of the decoder's.
+    upsample: where an MNN decoder's masks are made (MnnModel): "fp32" (outside the graph, as this project runs
+    MNN decoders by default) or "graph"."""
     th = ctx.cfg.parity.thresholds[cell.tier]
     with tempfile.TemporaryDirectory(prefix="parity-") as d:
         tmp = Path(d)
@@ -152,7 +157,7 @@ def evaluate_cell(ctx, cell: ParityCell, ref: Reference, target: Target = HOST, 
         for key, feeds in ref.decoder_feeds.items():
             own = enc[key.split(SEP)[0]]["image_embeddings"]
             cases[f"e2e{SEP}{key}"] = {**feeds, "image_embeddings": own.astype(np.float32)}
-        dec = _infer(ctx, cell, "decoder", cases, tmp, target, threads, timeout_s)
+        dec = _infer(ctx, cell, "decoder", cases, tmp, target, threads, timeout_s, upsample)
     enc_m = {img: metrics.tensor_metrics(enc[img]["image_embeddings"], ref.embeddings[img]) for img in ref.embeddings}
     rows = [_encoder_row(enc_m, th)]
     for kind in ("dec", "e2e"):
@@ -175,6 +180,10 @@ def evaluate_cell(ctx, cell: ParityCell, ref: Reference, target: Target = HOST, 
                 per_case[key]["mask_iou_fp32_upsample"] = metrics.mask_iou(
                     upsample_masks(got["low_res_masks"], hw), want["masks"])
         rows.append(_decoder_row(per_case, th, e2e=kind == "e2e"))
+        # where the masks were made: the runner upsamples only a decoder that gives low_res_masks
+        made = "fp32" if cell.runtime == "mnn" and upsample == "fp32" and all(
+            "low_res_masks" in d for d in dec.values()) else "graph"
+        rows[-1]["upsample"] = made
     return rows
 
 
@@ -244,7 +253,9 @@ def run(ctx) -> list[dict]:
     for cell in tqdm(cells, desc="parity", unit="cell"):
         base = {"cell": cell.key, "step": cell.step, "artifact": cell.artifact, "runtime": cell.runtime,
                 "precision": cell.precision, "memory": cell.memory, "variant": cell.variant, "tier": cell.tier,
-                "threads": pcfg.threads, "images": len(images)}
+                "threads": pcfg.threads, "images": len(images),
+                # where the decoder's full-size masks are made: MNN's outside the graph in fp32 (MnnRuntime's default)
+                "upsample": "fp32" if cell.runtime == "mnn" else "graph"}
         kind = ctx.cfg.variant_kind(cell.variant) if cell.artifact not in ("onnx", "onnx-sim") else "float"
         rt = RUNTIMES[cell.runtime]
         opts = {"memory": cell.memory} if cell.runtime == "mnn" else {}

@@ -11,17 +11,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-IMAGE_SIZE = 1024
+# SAM's mask postprocessing lives in the runner that also runs on targets (one copy); re-exported here
+from stages.mnn_runner import IMAGE_SIZE, resized_shape, upsample_masks  # noqa: F401
+
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 
 Resize = Callable[[np.ndarray, tuple[int, int]], np.ndarray]  # (HxWx3 uint8, (new_h, new_w)) -> uint8
-
-
-def resized_shape(h: int, w: int, target: int = IMAGE_SIZE) -> tuple[int, int]:
-    """(new_h, new_w) with the longest side scaled to `target`, rounded as SAM rounds."""
-    scale = target / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
 def _resample_block(n_in: int, n_out: int, j0: int, j1: int) -> tuple[int, int, np.ndarray]:
@@ -144,29 +140,3 @@ def decoder_feeds(
         "has_mask_input": np.array([0.0 if mask_input is None else 1.0], dtype=np.float32),
         "orig_im_size": np.array(orig_hw, dtype=np.float32),
     }
-
-
-def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] weights of torch's F.interpolate(mode="bilinear", align_corners=False) along one axis:
-    source position (i + 0.5) * n_in / n_out - 0.5, clamped at 0; two taps; no antialiasing."""
-    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = src - i0
-    m = np.zeros((n_out, n_in), np.float32)
-    np.add.at(m, (np.arange(n_out), i0), (1.0 - w1).astype(np.float32))
-    np.add.at(m, (np.arange(n_out), i1), w1.astype(np.float32))
-    return m
-
-
-def upsample_masks(low_res: np.ndarray, orig_hw: tuple[int, int], target: int = IMAGE_SIZE) -> np.ndarray:
-    """SAM's mask postprocessing in fp32 numpy: low_res_masks [..., 256, 256] -> bilinear to target x target,
-    crop the padding, bilinear to the original size (SamOnnxModel.mask_postprocessing, without torch).
-    Used where the in-graph resize cannot be trusted: MNN computes it in fp16 at precision low on ARM."""
-    h, w = (int(v) for v in orig_hw)
-    ph, pw = resized_shape(h, w, target)
-    lh, lw = low_res.shape[-2:]
-    rows = _bilinear_matrix(ph, h) @ _bilinear_matrix(lh, target)[:ph]  # [h, lh]: both steps, one matrix
-    cols = _bilinear_matrix(pw, w) @ _bilinear_matrix(lw, target)[:pw]  # [w, lw]
-    x = low_res.astype(np.float32)
-    return np.einsum("hi,...ij,wj->...hw", rows, x, cols, optimize=True).astype(np.float32)

@@ -145,10 +145,8 @@ def recommended(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path = Pat
                                 "e2e_mask_iou": par.get("e2e_mask_iou"),
                                 "size_mb": round(artifact_bytes(path) / 1e6, 2) if path.is_file() else float("nan"),
                                 "fp16_compute": getattr(r, "fp16_compute", ""), "int8_compute": getattr(r, "int8_compute", ""),
-                                # a decoder computing fp16 resizes its masks in fp16 (the ARM target showed the
-                                # flipped pixels): upsample its low_res_masks in fp32 instead (make segment does)
-                                "upsample": "fp32" if component == "decoder" and getattr(r, "fp16_compute", "") == "yes"
-                                else "graph",
+                                # where the row's masks were made (bench.masks_made): make segment does the same
+                                "upsample": getattr(r, "upsample", "") or ("fp32" if runtime == "mnn" else "graph"),
                                 "path": str(par["artifact_path"]), "candidates": len(g)})
             if not passing:
                 continue
@@ -458,8 +456,9 @@ def target_section(ctx, tp: pd.DataFrame) -> str:
             out.append(f"\n**Upsample masks in fp32 where the decoder computes fp16.** On the ARM target, "
                        f"{top['cell']} gives end-to-end mask IoU {top['mask_iou']:.4f} with the decoder's own "
                        f"full-size masks and {top['mask_iou_fp32_upsample']:.4f} when its low_res_masks are upsampled "
-                       f"in fp32: the in-graph bilinear resize loses the accuracy in fp16. Ship such settings with "
-                       f"`make segment ... UPSAMPLE=fp32` (MnnSamPredictor(upsample=\"fp32\")).\n")
+                       f"in fp32: the in-graph bilinear resize loses the accuracy in fp16. That is why MNN decoders "
+                       f"run without it by default here (upsample fp32: MnnRuntime, make segment, make demo); "
+                       f"do not ship them with `UPSAMPLE=graph`.\n")
     skipped = tp[tp["status"].astype(str).str.startswith("skipped")].drop_duplicates("cell")
     for _, r in skipped.iterrows():
         out.append(f"\n- Not checked: {r['cell']} on {r['target']}: {str(r['status'])[len('skipped: '):]}")

@@ -16,7 +16,15 @@ import numpy as np
 from stages.errors import PipelineError
 
 # MNN's settings as the integers pymnn reads: defined in the runner that also runs on targets (one copy)
-from stages.mnn_runner import MNN_BACKENDS, MNN_MODES, MNN_PRECISIONS, MnnModel, RunnerError, mnn_schedule  # noqa: F401
+from stages.mnn_runner import (  # noqa: F401
+    MNN_BACKENDS,
+    MNN_MODES,
+    MNN_PRECISIONS,
+    UPSAMPLE,
+    MnnModel,
+    RunnerError,
+    mnn_schedule,
+)
 
 DEVICES = {"cuda": "gpu", "CUDAExecutionProvider": "gpu", "TensorrtExecutionProvider": "gpu", "ROCMExecutionProvider": "gpu",
            "CUDA": "gpu", "OpenCL": "gpu", "Vulkan": "gpu", "Metal": "gpu", "OpenGL": "gpu",
@@ -173,14 +181,19 @@ class MnnRuntime(Runtime):
     precisions = tuple(MNN_PRECISIONS)
     # memory/power: the runtime config's modes. shape_mutable=False: the module keeps the shapes of its
     # first run (inputs of a new shape trigger a resize); rearrange=True: weights are laid out once at load.
+    # upsample: where a decoder's full-size masks are made: "fp32" (the default) loads the decoder without its
+    # in-graph resize and upsamples low_res_masks in fp32 numpy (mnn_runner.upsample_masks); "graph" runs it.
     mode_options = {"memory": ("low", "normal", "high"), "power": ("low", "normal", "high"),
-                    "shape_mutable": (True, False), "rearrange": (True, False)}
+                    "shape_mutable": (True, False), "rearrange": (True, False), "upsample": UPSAMPLE}
 
     def __init__(self, path: Path, threads: int = 1, precision: str = "normal", backend: str = "CPU",
                  memory: str = "normal", power: str = "normal", shape_mutable: bool = True,
-                 rearrange: bool = False, **_):
+                 rearrange: bool = False, component: str = "", upsample: str = "fp32", **_):
+        """component "decoder": `upsample` applies (default fp32: masks made outside the graph); otherwise the
+        model runs whole."""
+        upsample = upsample if component == "decoder" else "graph"
         try:  # the same loader the targets run (stages/mnn_runner.py)
-            self.model = MnnModel(path, threads, precision, backend, memory, power, shape_mutable, rearrange)
+            self.model = MnnModel(path, threads, precision, backend, memory, power, shape_mutable, rearrange, upsample)
         except RunnerError as e:
             raise PipelineError(str(e)) from None
         self.path, self.settings = self.model.path, self.model.settings

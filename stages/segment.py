@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.errors import PipelineError
-from stages.preprocess import decoder_feeds, numpy_resize, preprocess_image, upsample_masks
+from stages.preprocess import decoder_feeds, numpy_resize, preprocess_image
 from stages.runtimes import MnnRuntime, external_hint
 
 log = logging.getLogger(__name__)
@@ -114,11 +114,12 @@ class MnnSamPredictor:
     """SamPredictor's interface over the converted MNN encoder and decoder."""
 
     def __init__(self, encoder: Path, decoder: Path, threads: int = 2, precision: str = "normal", backend: str = "CPU",
-                 options: dict[str, dict] | None = None, upsample: str = "graph"):
-        """upsample: "graph" takes the decoder's full-size masks; "fp32" upsamples its low_res_masks to the
-        image size here, in fp32 numpy. Use fp32 where MNN computes the decoder in fp16 (precision low on an
-        ARMv8.2 CPU, GPU backends): its in-graph bilinear resize in fp16 flips mask pixels (the ARM64 target
-        measured full-size IoU 0.835 for vit_t's decoder where low_res_masks upsampled in fp32 gave 0.987)."""
+                 options: dict[str, dict] | None = None, upsample: str = "fp32"):
+        """upsample: "fp32" (default) loads the decoder without its in-graph resize and upsamples low_res_masks
+        to the image size in fp32 numpy: faster on MNN, and exact where MNN computes the decoder in fp16
+        (precision low on an ARMv8.2 CPU, GPU backends), whose in-graph resize in fp16 flips mask pixels (the
+        ARM64 target measured full-size IoU 0.820 for vit_t's decoder, 0.991 upsampled in fp32). "graph": the
+        decoder's own full-size masks."""
         if upsample not in ("graph", "fp32"):
             raise PipelineError(f"upsample {upsample!r} is not one of graph, fp32")
         self.upsample = upsample
@@ -129,8 +130,8 @@ class MnnSamPredictor:
         options = options or {}  # per component: MnnRuntime keywords (precision, shape_mutable, ...)
         self.encoder = MnnRuntime(Path(encoder), threads=threads, backend=backend,
                                   **{"precision": precision, **options.get("encoder", {})})
-        self.decoder = MnnRuntime(Path(decoder), threads=threads, backend=backend,
-                                  **{"precision": precision, **options.get("decoder", {})})
+        self.decoder = MnnRuntime(Path(decoder), threads=threads, backend=backend, component="decoder",
+                                  **{"precision": precision, **options.get("decoder", {}), "upsample": upsample})
         for component, rt in (("encoder", self.encoder), ("decoder", self.decoder)):
             check_interface(rt, component)
         self.timings_ms = {"load": (time.perf_counter() - t0) * 1000}
@@ -173,8 +174,6 @@ class MnnSamPredictor:
         out = self.decoder.run(feeds)
         t1 = time.perf_counter()
         masks, iou, low = out["masks"][0], out["iou_predictions"][0], out["low_res_masks"][0]
-        if self.upsample == "fp32":
-            masks = upsample_masks(low, size)
         if multimask_output and masks.shape[0] == 1:
             raise PipelineError("this decoder was exported with a single mask output "
                                 "(export.multimask_output: false); re-export it to get several masks")
@@ -182,8 +181,8 @@ class MnnSamPredictor:
             best = int(np.argmax(iou))
             masks, iou, low = masks[best : best + 1], iou[best : best + 1], low[best : best + 1]
         timings = {**self.timings_ms, "decoder": (t1 - t0) * 1000}
-        if self.upsample == "fp32":
-            timings["upsample_fp32"] = (time.perf_counter() - t1) * 1000
+        if self.upsample == "fp32":  # part of the decoder's time above: the masks made outside the graph
+            timings["upsample_fp32"] = self.decoder.model.upsample_seconds * 1000
         return Prediction(masks > 0.0, iou, low, timings)
 
     @staticmethod
@@ -272,7 +271,8 @@ def parse_options(text: str) -> dict[str, object]:
 def recommended_models(root: Path, model: str, pick: str = "fastest") -> dict[str, dict] | None:
     """The MNN rows of reports/MODEL/recommended.csv (pick `fastest`: the fastest variant of each component that
     passes parity; `smallest`: the smallest file that passes): component -> {path, precision, options (memory
-    mode included), upsample (fp32 where the decoder computes fp16)}. None when there is no such file or row."""
+    mode included), upsample (fp32 unless the row ran the decoder's in-graph resize)}. None when there is no such
+    file or row."""
     import csv
 
     path = Path(root) / "reports" / model / "recommended.csv"
@@ -285,12 +285,12 @@ def recommended_models(root: Path, model: str, pick: str = "fastest") -> dict[st
         return None
     return {c: {"path": Path(root) / rows[c]["path"], "precision": rows[c]["precision"],
                 "options": parse_options(rows[c].get("mode_options", "")),
-                "upsample": rows[c].get("upsample") or "graph"} for c in ("encoder", "decoder")}
+                "upsample": rows[c].get("upsample") or "fp32"} for c in ("encoder", "decoder")}
 
 
 def segment_file(image_path: Path, out_dir: Path, encoder: Path, decoder: Path, points=None, labels=None, box=None,
                  threads: int = 2, precision: str = "normal", options: dict[str, dict] | None = None,
-                 upsample: str = "graph") -> dict[str, object]:
+                 upsample: str = "fp32") -> dict[str, object]:
     """Read an image, segment it, write <stem>.mask.png and <stem>.overlay.jpg; return paths and phase times."""
     predictor = MnnSamPredictor(encoder, decoder, threads=threads, precision=precision, options=options,
                                 upsample=upsample)

@@ -5,9 +5,10 @@ On an x86 host MNN's precision low is fp32; on an ARMv8.2 CPU it is fp16, and me
 quantized model runs int8 dot products (sdot / i8mm). Each cell of `targets.<name>` runs on its
 target (the emulated ARM64 target: MNN's real aarch64 kernels under QEMU) and, for comparison, on the host,
 through the same runner (stages/mnn_runner.py), against the same PyTorch reference and thresholds as
-parity.csv. Decoder and e2e rows also score the masks made by upsampling the cell's low_res_masks in fp32 on
-the host (mask_iou_fp32_upsample): where that is much better than mask_iou, the in-graph resize to the
-photo's size is what lost the accuracy.
+parity.csv. Here the decoder runs whole (upsample graph: its in-graph resize, computed as the target computes
+it), and decoder and e2e rows also score the masks made by upsampling the cell's low_res_masks in fp32
+(mask_iou_fp32_upsample, what MnnRuntime and make segment do by default): where that is much better than
+mask_iou, the in-graph resize to the photo's size is what lost the accuracy.
 
 Timing on an emulated target is meaningless: no time from here is reported as latency.
 """
@@ -86,7 +87,7 @@ def run(ctx) -> list[dict]:
                         "variant": cell.variant, "tier": cell.tier, "threads": tcfg.threads,
                         "images": len(images), "prompts": " ".join(tcfg.prompts),
                         "target_machine": about[t]["machine"], "target_mnn": about[t]["mnn_version"],
-                        "cpu_features": about[t]["cpu_features"]}
+                        "cpu_features": about[t]["cpu_features"], "upsample": "graph"}
                 kind = ctx.cfg.variant_kind(cell.variant)
                 base.update(MnnRuntime.arithmetic("CPU", cell.precision, {"memory": cell.memory}, kind, flags),
                             variant_kind=kind)
@@ -100,7 +101,8 @@ def run(ctx) -> list[dict]:
                     status, results = f"skipped: {why}", []
                 else:
                     try:
-                        results = evaluate_cell(ctx, cell, ref, t, tcfg.threads, tcfg.timeout_s, fp32_upsample=True)
+                        results = evaluate_cell(ctx, cell, ref, t, tcfg.threads, tcfg.timeout_s, fp32_upsample=True,
+                                                upsample="graph")
                         status = "ok"
                     except PipelineError as e:
                         status, results = f"failed: {e}", []

@@ -128,6 +128,7 @@ def bench(req: dict) -> dict:
         results.append({**w, **summarize(timing.samples_s), "first_run_ms": timing.first_run_s * 1000,
                         "valid": timing.valid, "samples_ms": [round(x * 1000, 4) for x in timing.samples_s]})
     return {"load_seconds": load_seconds, "workloads": results,
+            "upsample": getattr(getattr(dec, "model", None), "upsample", None),  # MNN: where the masks were made
             "peak_rss_mb": peak_rss_mb(),
             "os_threads": psutil.Process().num_threads(), "runtime_version": cls.version()}
 

@@ -152,7 +152,9 @@ def test_a_planted_slowdown_is_caught_an_unchanged_cell_is_not_and_the_base_reus
     assert len(lat) == 2 and lat["confidence"].between(0, 1).all()
     mnn, ort = (lat.loc[[c for c in lat.index if f"/{rt}/" in c][0]] for rt in ("mnn", "onnxruntime"))
     assert mnn["verdict"] == "worse" and mnn["confidence"] > 0.99 and mnn["b"] > 1.3 * mnn["a"]
-    assert ort["verdict"] == "same"
+    # unchanged code is never a regression; "better" can happen when the other test worker (a browser test, say)
+    # loads the machine during the base rounds only (seen once: onnxruntime x0.7 with no change)
+    assert ort["verdict"] in ("same", "better")
     assert (df[df["kind"] == "parity"]["verdict"] == "same").all()  # accuracy vs the committed parity baseline
     md = (reports / "regress.md").read_text()
     assert "in the order new base base new" in md and "uncommitted changes" in md

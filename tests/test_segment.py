@@ -177,9 +177,12 @@ def test_fp32_mask_upsampling_is_sams_postprocessing(hw):
 
 
 def test_predictor_can_upsample_masks_itself(tiny_run, predictor):
-    """upsample="fp32": the decoder's low_res_masks upsampled here instead of its in-graph resize (the fix for
-    fp16 decoders on ARM); on the host's fp32 decoder both give the same mask."""
-    own = MnnSamPredictor(_mnn(tiny_run, "encoder"), _mnn(tiny_run, "decoder"), threads=1, upsample="fp32")
+    """upsample="fp32" (the default): the decoder runs without its in-graph resize (the fix for fp16 decoders
+    on ARM) and its low_res_masks are upsampled here; on the host's fp32 decoder both give the same mask."""
+    own, predictor = predictor, MnnSamPredictor(_mnn(tiny_run, "encoder"), _mnn(tiny_run, "decoder"), threads=1,
+                                                upsample="graph")
+    assert own.decoder.model.settings["upsample"] == "fp32" and predictor.decoder.model.settings["upsample"] == "graph"
+    assert own.decoder.model._outputs == ["iou_predictions", "low_res_masks"]  # the resize is not even loaded
     img = photo("coffee")
     pts, labels = np.array([[200.0, 150.0]]), np.array([1.0])
     predictor.set_image(img)

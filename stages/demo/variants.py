@@ -23,7 +23,7 @@ class Variant:
     encoder: Path
     decoder: Path
     options: dict[str, dict] = field(default_factory=dict)  # per component: MnnRuntime keywords
-    upsample: str = "graph"
+    upsample: str = "fp32"
     parity: str = "not checked"
 
     def public(self, root: Path) -> dict:
@@ -78,7 +78,7 @@ def _checked(root: Path, model: str) -> list[Variant]:
         label = f"{enc['variant']} ({_mode(opts)}{', computes ' + ' '.join(compute) if compute else ''}), parity {parity}"
         out.append(Variant(cell, label, root / enc["artifact_path"], root / dec["artifact_path"],
                            {"encoder": opts, "decoder": dict(opts)},
-                           "fp32" if dec.get("fp16_compute") == "yes" else "graph", parity))
+                           dec.get("upsample") or "fp32", parity))
     return out
 
 
