@@ -73,25 +73,23 @@ def _blocks(m: np.ndarray, chunk: int = 64) -> list[tuple[int, int, int, int, np
     return out
 
 
-_UPSAMPLERS: dict[tuple, tuple] = {}
+@functools.lru_cache(maxsize=8)
+def _upsample_blocks(h: int, w: int, lh: int, lw: int, target: int) -> tuple[list, list]:
+    """Row and column blocks of SAM's two bilinear steps (to target, crop, to h x w) as one matrix per axis."""
+    ph, pw = resized_shape(h, w, target)
+    rows = _bilinear_matrix(ph, h) @ _bilinear_matrix(lh, target)[:ph]  # [h, lh]: both steps, one matrix
+    cols = _bilinear_matrix(pw, w) @ _bilinear_matrix(lw, target)[:pw]  # [w, lw]
+    return _blocks(rows), _blocks(cols)
 
 
 def upsample_masks(low_res: np.ndarray, orig_hw, target: int = IMAGE_SIZE) -> np.ndarray:
     """SAM's mask postprocessing in fp32 numpy (SamOnnxModel.mask_postprocessing without torch): low_res_masks
     [..., 256, 256] -> bilinear to target x target, crop the padding, bilinear to the original size. Both steps
-    per axis are one matrix, applied in blocks over the few inputs each output reaches (about 3 ms for
-    1200x1800 on 2 cores; the dense product took 16 ms). Used where the decoder's in-graph resize is slow or
+    per axis are one matrix, applied in blocks over the few inputs each output reaches (about 2 ms for
+    1200x1800 on 2 cores; the dense product took 16-25 ms). Used where the decoder's in-graph resize is slow or
     cannot be trusted (MNN computes it in fp16 at precision low on ARM)."""
     h, w = (int(v) for v in np.asarray(orig_hw).ravel()[:2])
-    lh, lw = low_res.shape[-2:]
-    key = (h, w, lh, lw, target)
-    if key not in _UPSAMPLERS:
-        ph, pw = resized_shape(h, w, target)
-        rows = _bilinear_matrix(ph, h) @ _bilinear_matrix(lh, target)[:ph]  # [h, lh]: both steps, one matrix
-        cols = _bilinear_matrix(pw, w) @ _bilinear_matrix(lw, target)[:pw]  # [w, lw]
-        _UPSAMPLERS.clear() if len(_UPSAMPLERS) > 8 else None
-        _UPSAMPLERS[key] = (_blocks(rows), _blocks(cols))
-    row_blocks, col_blocks = _UPSAMPLERS[key]
+    row_blocks, col_blocks = _upsample_blocks(h, w, *low_res.shape[-2:], target)
     x = low_res.astype(np.float32, copy=False)
     y = np.empty((*x.shape[:-1], w), np.float32)
     for j0, j1, lo, hi, m in col_blocks:

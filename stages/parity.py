@@ -117,9 +117,10 @@ def _prompt_feeds(emb: np.ndarray, name: str, img: np.ndarray, p: str, ref: Refe
 
 def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path, target: Target = HOST,
            threads: int | None = None, timeout_s: float | None = None,
-           upsample: str = "fp32") -> dict[str, dict[str, np.ndarray]]:
+           upsample: str = "fp32") -> tuple[dict[str, dict[str, np.ndarray]], str]:
     """Run every case through the cell's `component`: MNN cells through the target's MNN runner (the host's
-    too: one code path), other runtimes in a worker process."""
+    too: one code path), other runtimes in a worker process. Returns the outputs and where a decoder's masks
+    were made ("fp32" or "graph", as the runner reports it: a decoder without low_res_masks runs whole)."""
     feeds = save_cases(tmp / f"{component}-feeds.npz", cases)
     out = tmp / f"{component}-out.npz"
     threads = threads or ctx.cfg.parity.threads
@@ -139,7 +140,7 @@ def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path, target
                                      "out": str(out)}, log_file, timeout_s)
     if not res.ok:
         raise PipelineError(res.why)
-    return load_cases(out)
+    return load_cases(out), (res.result or {}).get("upsample", "graph")
 
 
 def evaluate_cell(ctx, cell: ParityCell, ref: Reference, target: Target = HOST, threads: int | None = None,
@@ -152,12 +153,12 @@ def evaluate_cell(ctx, cell: ParityCell, ref: Reference, target: Target = HOST, 
     th = ctx.cfg.parity.thresholds[cell.tier]
     with tempfile.TemporaryDirectory(prefix="parity-") as d:
         tmp = Path(d)
-        enc = _infer(ctx, cell, "encoder", ref.encoder_feeds, tmp, target, threads, timeout_s)
+        enc, _ = _infer(ctx, cell, "encoder", ref.encoder_feeds, tmp, target, threads, timeout_s)
         cases = {f"dec{SEP}{k}": v for k, v in ref.decoder_feeds.items()}
         for key, feeds in ref.decoder_feeds.items():
             own = enc[key.split(SEP)[0]]["image_embeddings"]
             cases[f"e2e{SEP}{key}"] = {**feeds, "image_embeddings": own.astype(np.float32)}
-        dec = _infer(ctx, cell, "decoder", cases, tmp, target, threads, timeout_s, upsample)
+        dec, made = _infer(ctx, cell, "decoder", cases, tmp, target, threads, timeout_s, upsample)
     enc_m = {img: metrics.tensor_metrics(enc[img]["image_embeddings"], ref.embeddings[img]) for img in ref.embeddings}
     rows = [_encoder_row(enc_m, th)]
     for kind in ("dec", "e2e"):
@@ -180,10 +181,7 @@ def evaluate_cell(ctx, cell: ParityCell, ref: Reference, target: Target = HOST, 
                 per_case[key]["mask_iou_fp32_upsample"] = metrics.mask_iou(
                     upsample_masks(got["low_res_masks"], hw), want["masks"])
         rows.append(_decoder_row(per_case, th, e2e=kind == "e2e"))
-        # where the masks were made: the runner upsamples only a decoder that gives low_res_masks
-        made = "fp32" if cell.runtime == "mnn" and upsample == "fp32" and all(
-            "low_res_masks" in d for d in dec.values()) else "graph"
-        rows[-1]["upsample"] = made
+        rows[-1]["upsample"] = made  # where the masks were made, as the runner reports it
     return rows
 
 
@@ -253,9 +251,7 @@ def run(ctx) -> list[dict]:
     for cell in tqdm(cells, desc="parity", unit="cell"):
         base = {"cell": cell.key, "step": cell.step, "artifact": cell.artifact, "runtime": cell.runtime,
                 "precision": cell.precision, "memory": cell.memory, "variant": cell.variant, "tier": cell.tier,
-                "threads": pcfg.threads, "images": len(images),
-                # where the decoder's full-size masks are made: MNN's outside the graph in fp32 (MnnRuntime's default)
-                "upsample": "fp32" if cell.runtime == "mnn" else "graph"}
+                "threads": pcfg.threads, "images": len(images)}
         kind = ctx.cfg.variant_kind(cell.variant) if cell.artifact not in ("onnx", "onnx-sim") else "float"
         rt = RUNTIMES[cell.runtime]
         opts = {"memory": cell.memory} if cell.runtime == "mnn" else {}

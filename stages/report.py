@@ -146,7 +146,7 @@ def recommended(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path = Pat
                                 "size_mb": round(artifact_bytes(path) / 1e6, 2) if path.is_file() else float("nan"),
                                 "fp16_compute": getattr(r, "fp16_compute", ""), "int8_compute": getattr(r, "int8_compute", ""),
                                 # where the row's masks were made (bench.masks_made): make segment does the same
-                                "upsample": getattr(r, "upsample", "") or ("fp32" if runtime == "mnn" else "graph"),
+                                "upsample": getattr(r, "upsample", ""),
                                 "path": str(par["artifact_path"]), "candidates": len(g)})
             if not passing:
                 continue

@@ -119,10 +119,7 @@ class MnnSamPredictor:
         to the image size in fp32 numpy: faster on MNN, and exact where MNN computes the decoder in fp16
         (precision low on an ARMv8.2 CPU, GPU backends), whose in-graph resize in fp16 flips mask pixels (the
         ARM64 target measured full-size IoU 0.820 for vit_t's decoder, 0.991 upsampled in fp32). "graph": the
-        decoder's own full-size masks."""
-        if upsample not in ("graph", "fp32"):
-            raise PipelineError(f"upsample {upsample!r} is not one of graph, fp32")
-        self.upsample = upsample
+        decoder's own full-size masks (MnnModel checks the value; a decoder without low_res_masks runs whole)."""
         for p in (encoder, decoder):
             if not Path(p).is_file():
                 raise PipelineError(f"MNN model {p} does not exist: run `make all` first, or pass its path")
@@ -181,7 +178,7 @@ class MnnSamPredictor:
             best = int(np.argmax(iou))
             masks, iou, low = masks[best : best + 1], iou[best : best + 1], low[best : best + 1]
         timings = {**self.timings_ms, "decoder": (t1 - t0) * 1000}
-        if self.upsample == "fp32":  # part of the decoder's time above: the masks made outside the graph
+        if self.decoder.model.upsample == "fp32":  # part of the decoder's time above: masks made outside the graph
             timings["upsample_fp32"] = self.decoder.model.upsample_seconds * 1000
         return Prediction(masks > 0.0, iou, low, timings)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import secrets
 import sys
 import threading
@@ -128,10 +127,8 @@ class Demo:
         overlay, s.mask_png = mask_pngs(mask)
         upsample_ms = pred.timings_ms.get("upsample_fp32", 0.0)  # inside the decoder call: shown as postprocess
         post_ms = (time.perf_counter() - t0) * 1000 + upsample_ms
-        ys, xs = np.nonzero(mask)
         return {"variant": v.id, "overlay": "data:image/png;base64," + base64.b64encode(overlay).decode(),
                 "mask_fraction": float(mask.mean()), "iou_prediction": float(pred.iou_predictions[0]),
-                "bbox": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())] if len(xs) else None,
                 "encoder_cached": cached,
                 "timings_ms": {"preprocess": s.preprocess_ms, "encoder": state.encoder_ms,
                                "decoder": pred.timings_ms["decoder"] - upsample_ms, "postprocess": post_ms}}
@@ -141,7 +138,7 @@ class Demo:
                 "variants": [v.public(self.root) for v in self.variants.values()],
                 "photos": list(BUNDLED),
                 "max_megapixels": MAX_MEGAPIXELS, "threads": self.threads,
-                "loaded_modules": [m for m in HEAVY if m in sys.modules], "pid": os.getpid()}
+                "loaded_modules": [m for m in HEAVY if m in sys.modules]}
 
 
 def parse_prompt(body: dict):
