@@ -2,6 +2,9 @@
 MODEL ?= vit_t
 SWEEP ?=
 SWEEP_ARG := $(if $(SWEEP),--sweep $(SWEEP),)
+# TARGET="host ssh://pi@raspberrypi.local": where the bench times cells (default: the model's bench.targets)
+TARGET ?=
+SWEEP_ARG += $(foreach t,$(TARGET),--target '$(t)')
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,7 +16,8 @@ help:
 	@echo "make all MODEL=vit_t    build .venv if needed, then run every stage for MODEL (cached stages are skipped)"
 	@echo "make test               build .venv if needed, then run the test suite (tiny models, a few minutes)"
 	@echo "make test-e2e           the real-model checks, on the vit_t build that make regress (or make all) left"
-	@echo "make bench MODEL=... [SWEEP=quick]   latency sweep (and what it needs) + summary report"
+	@echo "make bench MODEL=... [SWEEP=quick] [TARGET=\"host ssh://user@board\"]   latency sweep (and what it needs) + summary report;"
+	@echo "                        TARGET: where it times (an SSH target times its MNN cells on its own CPU; several run in parallel)"
 	@echo "make parity MODEL=...   parity of every artifact against PyTorch"
 	@echo "make arm MODEL=...      parity of the model's targets: cells (fp16, dynamic int8) on the emulated ARM64 target"
 	@echo "make arm-env            build the emulated ARM64 target (qemu-user-static, Debian arm64, MNN aarch64 wheel)"

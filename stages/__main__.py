@@ -28,6 +28,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline", type=Path, default=None, help="pipeline file (default: the repository's pipeline.yaml)")
     p.add_argument("--require-checkpoint", action="store_true", help="fail when the checkpoint is missing")
     p.add_argument("--sweep", default=None, help="latency sweep under configs/sweeps/ (default: the model's bench.sweep)")
+    p.add_argument("--target", action="append", default=None, metavar="TARGET",
+                   help="where the bench times cells, instead of the model's bench.targets: host or "
+                        "ssh://[user@]host[:port][?python=...] (repeat it, or separate with spaces, for several)")
 
 
 def _load(args):
@@ -41,6 +44,14 @@ def _load(args):
 
         load_sweep(args.sweep)  # a bad name fails here, naming the known sweeps
         cfg.bench.sweep = args.sweep
+    if getattr(args, "target", None):
+        from stages.config import BenchConfig
+
+        targets = [t for arg in args.target for t in arg.replace(",", " ").split()]
+        try:
+            cfg.bench = BenchConfig(cfg.bench.sweep, cfg.bench.image, targets)
+        except ValueError as e:
+            raise PipelineError(f"--target: {e}") from None
     return cfg
 
 

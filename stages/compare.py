@@ -109,6 +109,8 @@ def load_run(spec: str) -> Run:
         df = pd.read_csv(f) if f.exists() else None
         if name == "latency" and df is not None and "mode" not in df.columns:
             df["mode"] = "default"  # latency.csv from before sweep modes existed
+        if name == "latency" and df is not None and "target" not in df.columns:
+            df["target"] = "host"  # latency.csv from before SSH targets existed
         if name == "parity" and df is not None and "memory" not in df.columns:
             df["memory"] = "normal"  # parity.csv from before memory-mode cells existed
         if df is not None and filters:
@@ -125,17 +127,21 @@ def load_run(spec: str) -> Run:
 
 def normalized_latency(lat: pd.DataFrame, gate: CompareGate) -> pd.DataFrame:
     """p50 over the reference cell's p50 (same component, workload, threads); the reference itself over
-    the matmul roofline (p50 x GFLOP/s), so a slower reference is caught too."""
+    the matmul roofline (p50 x GFLOP/s), so a slower reference is caught too. An SSH target's rows are their
+    own p50: the same device is its own reference (it has no onnxruntime cell and no roofline)."""
     ok = lat[lat["status"].astype(str).str.startswith("ok")].copy()
-    is_ref = pd.Series(True, index=ok.index)
+    remote = ok["target"].astype(str) != "host" if "target" in ok.columns else pd.Series(False, index=ok.index)
+    is_ref = ~remote
     for k, v in gate.reference.items():
         is_ref &= ok[k].astype(str) == v
     wk = ["component", "points", "out_h", "out_w", "threads"]
     ref = ok[is_ref].set_index(wk)["p50_ms"]
     ok["normalized"] = [
+        r.p50_ms if remote[i] else
         (r.p50_ms * r.matmul_gflops / 1000 if is_ref[i] else r.p50_ms / ref.get(tuple(getattr(r, k) for k in wk), math.nan))
         for i, r in zip(ok.index, ok.itertuples(), strict=True)]
-    ok["normalized_by"] = ["matmul rate" if is_ref[i] else "reference cell" for i in ok.index]
+    ok["normalized_by"] = ["p50 ms on the target" if remote[i] else "matmul rate" if is_ref[i] else "reference cell"
+                           for i in ok.index]
     return ok
 
 
@@ -143,7 +149,11 @@ def _key(df: pd.DataFrame, cols: list[str], drop: set[str]) -> pd.Series:
     use = [c for c in cols if c not in drop and c in df.columns]
     if df.empty:  # agg over no rows gives a DataFrame, not a Series
         return pd.Series([], index=df.index, dtype=str)
-    return df[use].astype(str).agg("/".join, axis=1)
+    key = df[use].astype(str).agg("/".join, axis=1)
+    if "target" in df.columns and "target" not in drop:  # an SSH target's rows: only ever matched with its own
+        target = df["target"].fillna("host").astype(str)
+        key = key.where(target == "host", target + "/" + key)
+    return key
 
 
 def compare_runs(a: Run, b: Run, cfg: RegressConfig) -> pd.DataFrame:

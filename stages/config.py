@@ -97,7 +97,7 @@ class TargetParityConfig:
     An emulated ARM64 encoder run takes minutes (vit_t: about 100 s at precision normal, 350 s at low), so
     the cells, photos and prompts are a chosen few. The same cells also run on the host, for comparison."""
 
-    target: str = "arm64"  # host | arm64 | arm64:<cpu> (QEMU CPU model; max has fp16, sdot, i8mm)
+    target: str = "arm64"  # host | arm64 | arm64:<cpu> (QEMU CPU model; max has fp16, sdot, i8mm) | ssh://[user@]host[:port]
     # parity cells as parity.csv names them: mnn-<variant>@<precision>[~memory-<mode>]
     cells: list[str] = field(default_factory=lambda: ["mnn-fp32@normal", "mnn-fp32@low"])
     images: list[str] = field(default_factory=lambda: ["astronaut"])
@@ -188,6 +188,25 @@ class ParityConfig:
 class BenchConfig:
     sweep: str = "default"  # configs/sweeps/<sweep>.yaml, or a path to one
     image: str = "astronaut"  # the photo timed (bundled name or file)
+    # where the cells are timed: host (every runtime) and ssh://[user@]host[:port] devices (their MNN cells, all
+    # targets in parallel, each target's cells one at a time). `make bench TARGET="host ssh://pi@pi.local"`
+    targets: list[str] = field(default_factory=lambda: ["host"])
+
+    def __post_init__(self) -> None:
+        from stages.targets import parse_target
+
+        if not self.targets:
+            raise ValueError("bench.targets: name at least one target (host, ssh://[user@]host[:port])")
+        for i, t in enumerate(self.targets):
+            try:
+                target = parse_target(t, f"bench.targets[{i}]")
+            except ConfigError as e:  # raised again with the file's name by the loader
+                raise ValueError(str(e)) from None
+            if target.emulated:
+                raise ValueError(f"bench.targets[{i}]: {t!r} is emulated: its times are not latencies (use it in "
+                                 f"targets: for parity, `make arm`)")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"bench.targets: {self.targets} names a target twice")
 
 
 @dataclass
@@ -559,12 +578,13 @@ class SweepConfig:
         elif not self.threads or any(t < 1 for t in self.threads):
             raise ValueError(f"threads: each thread count must be >= 1, got {self.threads}")
 
-    def thread_counts(self) -> list[int]:
+    def thread_counts(self, cores: int | None = None) -> list[int]:
+        """The sweep's thread counts; auto: 1, 2, 4, ... up to `cores` (default this machine's; a target's own)."""
         if isinstance(self.threads, list):
             return list(self.threads)
         import os
 
-        cores = os.cpu_count() or 1
+        cores = cores or os.cpu_count() or 1
         out, t = [], 1
         while t < cores:
             out.append(t)

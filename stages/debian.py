@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def tool(name: str) -> str | None:
-    """The path of an executable on PATH or in /usr/bin (root's PATH in some shells lacks nothing, a venv's may)."""
-    return shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    """The path of an executable on PATH or in /usr/bin or /usr/sbin (sshd; a venv's PATH may lack them)."""
+    return shutil.which(name) or next((f"{d}/{name}" for d in ("/usr/bin", "/usr/sbin") if Path(f"{d}/{name}").exists()), None)
 
 
 def ensure(needs: dict[str, str], purpose: str, install: bool = True) -> dict[str, str]:

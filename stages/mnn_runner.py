@@ -6,12 +6,16 @@ MnnRuntime loads and runs models through MnnModel below, so every MNN number com
 
     python mnn_runner.py REQUEST.json
 
-REQUEST: {} (a probe: only the RESULT's first four keys), or {"model": path, "feeds": .npz with "case::input" keys, "out": .npz to write ("case::output"),
-          "settings": {"threads", "precision", "backend", "memory", "power", "shape_mutable", "rearrange"},
-          "result_file": .json to write}
-RESULT:  {"mnn_version", "machine", "cpu_features" (what MNN reports about the CPU it runs on), "python", "inputs",
-          "outputs", "load_seconds", "run_seconds": [one per case], "cases"} or {"error": "..."}
+REQUEST: {} (a probe: only what the target is), {"backends": [names]} (which MNN backends open there), or
+          {"model": path, "feeds": .npz with "case::input" keys, "out": .npz to write ("case::output"; optional
+          when timing), "settings": {"threads", "precision", "backend", "memory", "power", "shape_mutable",
+          "rearrange", "upsample"}, "timing": {"warmup", "min_runs", "min_seconds", "max_seconds"} (optional: the
+          bench's stop rule, applied to each case), "result_file": .json to write}
+RESULT:  {"mnn_version", "machine", "cpu_features" (what MNN reports about the CPU it runs on), "cpu_model", "cores",
+          "python", "inputs", "outputs", "load_seconds", "run_seconds": [one per case], "cases", "timings": [one per
+          case, with timing], "peak_rss_mb", "os_threads"} or {"error": "..."}
 Every case runs in the order given; a crash (segfault) leaves no result file and the caller reports the exit.
+A target gets this file and stages/timing.py (stdlib only) side by side, and nothing else of the project.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ if __name__ == "__main__":  # on a target: one BLAS thread, set before numpy loa
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+
+try:
+    from stages.timing import StopRule, measure, summarize
+except ImportError:  # on a target: timing.py is copied beside this file
+    from timing import StopRule, measure, summarize  # type: ignore[no-redef]
 
 # pymnn's runtime config (getScheduleConfig in pymnn/src/util.h, MNN 3.6.1) takes integers: the backend as
 # MNN's forward type (its strings must be upper case: "OpenCL" raises "backend not support" even in builds
@@ -110,6 +119,17 @@ def mnn_schedule(backend: str, threads: int, precision: str, memory: str = "norm
             "memory": MNN_MODES[memory], "power": MNN_MODES[power]}
 
 
+def _flush_c_stdio() -> None:
+    """Flush C's stdio buffers: where stdout is a pipe (an SSH session), printf's lines sit in a buffer and
+    would reach the file descriptor only after it has been put back."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
 @contextlib.contextmanager
 def captured_stdout(into: list[str]):
     """Capture what native code prints on file descriptor 1 (MNN prints the CPU features with printf),
@@ -122,6 +142,7 @@ def captured_stdout(into: list[str]):
             yield
         finally:
             sys.stdout.flush()
+            _flush_c_stdio()
             os.dup2(saved, 1)
             os.close(saved)
             tmp.seek(0)
@@ -260,16 +281,78 @@ def _cases(path: str) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's name as the kernel reports it (x86 "model name", ARM "Hardware" / "Model" or the part number)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    for key in ("model name", "Model", "Hardware", "cpu model"):
+        if fields.get(key):
+            return fields[key]
+    if fields.get("CPU part"):
+        return f"ARM implementer {fields.get('CPU implementer', '?')} part {fields['CPU part']}"
+    return platform.processor() or platform.machine()
+
+
 def about() -> dict:
-    """What the target is: MNN's version, the machine and the CPU features MNN reports."""
+    """What the target is: MNN's version, the machine, its CPU and cores, and the CPU features MNN reports."""
     mnn = import_mnn()
     return {"mnn_version": mnn.version(), "machine": platform.machine(), "cpu_features": cpu_features(),
+            "cpu_model": cpu_model(), "cores": os.cpu_count() or 0,
             "python": platform.python_version(), "numpy_version": np.__version__}
+
+
+def backends(names: list[str]) -> dict[str, str | None]:
+    """name -> None when MNN opens that backend here, else why not. MNN either raises or prints "Can't Find
+    type=N backend, use 0 instead" and silently runs on the CPU: both mean unavailable."""
+    import MNN.nn as nn
+
+    import_mnn()
+    out: dict[str, str | None] = {}
+    for name in names:
+        if name == "CPU":
+            out[name] = None
+            continue
+        if name not in MNN_BACKENDS:
+            out[name] = f"MNN knows no backend {name!r}"
+            continue
+        said: list[str] = []
+        try:
+            with captured_stdout(said):
+                nn.create_runtime_manager((mnn_schedule(name, 1, "normal"),))
+        except Exception as e:
+            out[name] = f"MNN backend {name} is not available: {e}"
+            continue
+        fell_back = any("Can't Find type=" in line for line in said)
+        out[name] = f"MNN backend {name} is not in this MNN build (MNN falls back to the CPU)" if fell_back else None
+    return out
+
+
+def process_stats() -> dict:
+    """Peak resident memory (VmHWM: getrusage's ru_maxrss carries the forking parent's over exec) and the
+    number of OS threads of this process."""
+    stats = {"peak_rss_mb": float("nan"), "os_threads": 0}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                stats["peak_rss_mb"] = int(line.split()[1]) / 1024
+            elif line.startswith("Threads:"):
+                stats["os_threads"] = int(line.split()[1])
+    except OSError:
+        pass
+    return stats
 
 
 def serve(req: dict) -> dict:
     """Load the model once and run every case; write the outputs; return what ran and where. A request
     without a model is a probe: only what the target is."""
+    if "backends" in req:
+        return {**about(), "backends": backends(req["backends"])}
     if "model" not in req:
         return about()
     print(f"mnn_runner: {platform.machine()} python {platform.python_version()}: {req['model']} "
@@ -277,16 +360,24 @@ def serve(req: dict) -> dict:
     t0 = time.perf_counter()
     model = MnnModel(req["model"], **req.get("settings", {}))
     load_seconds = time.perf_counter() - t0
-    outs, times = {}, []
+    outs, times, timings = {}, [], []
     cases = _cases(req["feeds"])
+    rule = StopRule(**req["timing"]) if req.get("timing") else None
     for case, feeds in cases.items():
         t0 = time.perf_counter()
         for name, value in model.run(feeds).items():
             outs[f"{case}{CASE_SEP}{name}"] = value
         times.append(time.perf_counter() - t0)
-    np.savez(req["out"], **outs)
-    return {**about(), "inputs": model.input_names, "upsample": model.upsample,
-            "outputs": model.output_names, "load_seconds": load_seconds, "run_seconds": times, "cases": len(cases)}
+        if rule is not None:  # the bench's stop rule, after the run above (which also checked the outputs)
+            timing = measure(lambda feeds=feeds: model.run(feeds), rule)
+            timings.append({**summarize(timing.samples_s), "first_run_ms": times[-1] * 1000, "valid": timing.valid,
+                            "samples_ms": [round(x * 1000, 4) for x in timing.samples_s]})
+    bad = sorted({k.rsplit(CASE_SEP, 1)[1] for k, v in outs.items() if not np.all(np.isfinite(v))})
+    if req.get("out"):
+        np.savez(req["out"], **outs)
+    return {**about(), "inputs": model.input_names, "upsample": model.upsample, "nonfinite_outputs": bad,
+            "outputs": model.output_names, "load_seconds": load_seconds, "run_seconds": times, "cases": len(cases),
+            "timings": timings, "upsample_seconds": model.upsample_seconds, **process_stats()}
 
 
 def main(argv: list[str]) -> int:

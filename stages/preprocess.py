@@ -110,6 +110,13 @@ def transform_coords(coords: np.ndarray, orig_hw: tuple[int, int], target: int =
     return out
 
 
+def bench_prompt(points: int, out_hw) -> tuple[np.ndarray, np.ndarray]:
+    """The bench's prompt for a decoder workload: `points` foreground points across the middle of the photo."""
+    h, w = out_hw
+    pts = np.array([[w * (0.3 + 0.4 * i / max(1, points)), h * 0.5] for i in range(points)], np.float32)
+    return pts, np.ones(points, np.float32)
+
+
 def decoder_feeds(
     embeddings: np.ndarray,
     points: np.ndarray,

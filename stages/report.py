@@ -534,11 +534,18 @@ def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots:
 def run(ctx) -> list[dict]:
     lat_path = ctx.reports / "latency.csv"
     par_path = ctx.reports / "parity.csv"
-    lat = with_modes(pd.read_csv(lat_path))
+    from stages import report_targets  # builds on this module's tables and plots
+
+    # the tables below are the host's (what parity checked, where roofline and speed-ups are measured); SSH
+    # targets' rows get a section of their own
+    lat, remote = report_targets.split(with_modes(pd.read_csv(lat_path)))
     parity = pd.read_csv(par_path) if par_path.exists() else None
     plots = {"threads": ctx.reports / "plots" / "latency_vs_threads.png",
              "pareto": ctx.reports / "plots" / "accuracy_vs_latency.png",
              "variants": ctx.reports / "plots" / "size_accuracy_latency.png"}
+    targets_plot = ctx.reports / "plots" / "latency_per_target.png"
+    if not remote.empty and report_targets.plot(lat, remote, targets_plot):
+        plots["targets"] = targets_plot
     plot_threads(lat, plots["threads"])
     plot_pareto(lat, parity, plots["pareto"])
     plot_variants(variant_points(lat, parity, ctx.root), plots["variants"], lat["threads"].max())
@@ -548,6 +555,7 @@ def run(ctx) -> list[dict]:
         rec.to_csv(tmp, index=False)
     summary = ctx.reports / "summary.md"
     with atomic_output(summary) as tmp:
-        tmp.write_text(summary_markdown(ctx, lat, parity, plots))
+        tmp.write_text(summary_markdown(ctx, lat, parity, plots)
+                       + report_targets.section(lat, remote, plots.get("targets")))
     log.info("summary: %s", summary)
     return [{"cell": p.name, **ctx.describe(p), "status": "ok"} for p in [summary, rec_path, *plots.values()]]

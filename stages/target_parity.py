@@ -27,6 +27,7 @@ from stages.models import file_sha256
 from stages.parity import ParityCell, evaluate_cell, failure_table, torch_reference
 from stages.runtimes import MnnRuntime
 from stages.samples import load_images
+from stages.ssh import close_all
 from stages.targets import HOST, Target, feature_flags, parse_target
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,28 @@ def run(ctx) -> list[dict]:
     if not ctx.cfg.targets:
         raise PipelineError(f"{ctx.cfg.source}: targets is empty; name at least one target with its cells, "
                             f"e.g. arm64: {{target: arm64, cells: [mnn-fp32@normal, mnn-fp32@low]}}")
+    targets = {name: parse_target(tcfg.target, f"targets.{name}.target") for name, tcfg in ctx.cfg.targets.items()}
+    try:
+        rows = _rows(ctx, targets)
+    finally:
+        close_all(targets.values())  # an SSH target's run folder (and what it copied) is removed
+    for r in rows:
+        th = pcfg.thresholds[r["tier"]]
+        r["gate"] = th.gate
+        r["tier_why"] = th.why
+    gating = [r for r in rows if r["pass"] is False and r["gate"]]
+    if gating:
+        log.error("target parity: %d of %d rows below threshold or not run:\n%s", len(gating), len(rows),
+                  failure_table(gating))
+    return rows
+
+
+def _rows(ctx, targets: dict) -> list[dict]:
     rows: list[dict] = []
     host_done: dict[tuple[str, str, str], list[dict]] = {}
     for name, tcfg in ctx.cfg.targets.items():
         where = f"targets.{name}"
-        target = parse_target(tcfg.target, f"{where}.target")
+        target = targets[name]
         cells = cells_of(ctx, tcfg.cells, f"{where}.cells")
         images = load_images(tcfg.images, ctx.root)
         ref = torch_reference(ctx, images, tcfg.prompts, tcfg.threads)
@@ -81,7 +99,8 @@ def run(ctx) -> list[dict]:
         for cell in tqdm(cells, desc=f"target parity ({name})", unit="cell"):
             for t in dict.fromkeys([target, HOST]):
                 flags = feature_flags(about[t]["cpu_features"])
-                base = {"target_name": name, "target": t.name, "target_cpu": t.cpu or "host",
+                base = {"target_name": name, "target": t.name,
+                        "target_cpu": t.cpu or ("host" if t == HOST else about[t].get("cpu_model", "")),
                         "emulated": t.emulated, "cell": cell.key, "step": cell.step, "artifact": cell.artifact,
                         "runtime": "mnn", "precision": cell.precision, "memory": cell.memory,
                         "variant": cell.variant, "tier": cell.tier, "threads": tcfg.threads,
@@ -119,12 +138,4 @@ def run(ctx) -> list[dict]:
                 rows.extend(out)
                 if t == HOST:
                     host_done[memo] = out
-    for r in rows:
-        th = pcfg.thresholds[r["tier"]]
-        r["gate"] = th.gate
-        r["tier_why"] = th.why
-    gating = [r for r in rows if r["pass"] is False and r["gate"]]
-    if gating:
-        log.error("target parity: %d of %d rows below threshold or not run:\n%s", len(gating), len(rows),
-                  failure_table(gating))
     return rows

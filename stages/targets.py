@@ -23,7 +23,9 @@ from stages.errors import ConfigError, PipelineError
 from stages.isolate import IsolatedResult, run_process
 
 RUNNER = Path(__file__).with_name("mnn_runner.py")
-KINDS = ("host", "arm64")
+# what a target gets of this project: the runner and the stop rule it times with (both stdlib + numpy + MNN)
+RUNNER_FILES = (RUNNER, Path(__file__).with_name("timing.py"))
+KINDS = ("host", "arm64", "ssh")
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,13 @@ class Target:
         """Run the runner on this target with `request` (see stages/mnn_runner.py). The runner is copied next
         to the request, so neither side imports anything from this project's tree."""
         with tempfile.TemporaryDirectory(prefix="sam-deploy-target-") as d:
+            for f in RUNNER_FILES:
+                shutil.copy2(f, Path(d) / f.name)
             runner = Path(d) / RUNNER.name
-            shutil.copy2(RUNNER, runner)
             return run_process(self.argv(runner), request, log_file, timeout_s, what=f"MNN runner on {self.name}")
+
+    def close(self) -> None:
+        """Nothing to clean up on this machine (an SSH target removes its remote run folder)."""
 
     def probe(self, log_file: Path, timeout_s: float = 300) -> dict:
         """MNN version, machine and CPU features of the target; the target's MNN must be the host's."""
@@ -72,14 +78,19 @@ class Target:
 HOST = Target("host")
 
 
-def parse_target(spec: str, where: str = "target") -> Target:
-    """'host', 'arm64' or 'arm64:<cpu>' (a QEMU CPU model)."""
+def parse_target(spec: str, where: str = "target"):
+    """'host', 'arm64', 'arm64:<cpu>' (a QEMU CPU model) or 'ssh://[user@]host[:port][?python=...&dir=...&keep=1]'
+    (stages/ssh.py)."""
     from stages.arm_env import CPUS
 
+    if str(spec).startswith("ssh:"):
+        from stages.ssh import parse_ssh
+
+        return parse_ssh(str(spec), where)
     kind, _, cpu = str(spec).partition(":")
-    if kind not in KINDS:
+    if kind not in KINDS or kind == "ssh":
         raise ConfigError(f"{where}: {spec!r} is not a target; expected one of: host, arm64, arm64:<cpu> "
-                          f"(cpu: {', '.join(CPUS)})")
+                          f"(cpu: {', '.join(CPUS)}), ssh://[user@]host[:port]")
     if kind == "host" and cpu:
         raise ConfigError(f"{where}: the host target takes no CPU model ({spec!r})")
     if kind == "arm64" and cpu and cpu not in CPUS:

@@ -68,12 +68,10 @@ def infer(req: dict) -> dict:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries that over exec from
-    the forking parent, so a child would report the pipeline's own peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """This process's peak resident memory (the runner's account, which a target gives too)."""
+    from stages.mnn_runner import process_stats
+
+    return process_stats()["peak_rss_mb"]
 
 
 def mnn_probe(req: dict) -> dict:
@@ -90,7 +88,7 @@ def bench(req: dict) -> dict:
     """Time one cell's workloads: load the runtime(s), then the stop rule per workload. See stages/bench.py."""
     import psutil
 
-    from stages.preprocess import decoder_feeds, preprocess_image
+    from stages.preprocess import bench_prompt, decoder_feeds, preprocess_image
     from stages.runtimes import RUNTIMES
     from stages.timing import StopRule, measure, summarize
 
@@ -108,8 +106,7 @@ def bench(req: dict) -> dict:
     results = []
     for w in req["workloads"]:
         h, wd = w["out_size"]
-        pts = np.array([[wd * (0.3 + 0.4 * i / max(1, w["points"])), h * 0.5] for i in range(w["points"])], np.float32)
-        labels = np.ones(w["points"], np.float32)
+        pts, labels = bench_prompt(w["points"], (h, wd))
         if component == "encoder":
             feeds = {"image": data["image"]}
 

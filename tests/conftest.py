@@ -95,6 +95,34 @@ def fp32_only(fp32_build, tmp_path):
     return root, cfg_path
 
 
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 (tests/sshd.py), for the session; skipped, with the reason, where Debian's
+    openssh-server cannot be installed (not root, no apt)."""
+    import sshd as server
+
+    from stages.errors import PipelineError
+
+    try:
+        s = server.start(tmp_path_factory.mktemp("sshd"))
+    except PipelineError as e:
+        pytest.skip(f"no sshd on this machine: {e}")
+    yield s
+    server.stop(s)
+
+
+@pytest.fixture(scope="session")
+def arm():
+    """The emulated ARM64 target (stages/arm_env.py), built once; skipped where it cannot be installed."""
+    from stages import arm_env
+    from stages.errors import PipelineError
+
+    try:
+        return arm_env.ensure()
+    except PipelineError as e:
+        pytest.skip(f"the emulated ARM64 target cannot be built on this machine: {e}")
+
+
 @pytest.fixture
 def copy_tree():
     return copy_build

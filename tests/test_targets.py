@@ -24,14 +24,6 @@ from stages.samples import load_cases, save_cases
 from stages.targets import HOST, Target, feature_flags, parse_target
 
 
-@pytest.fixture(scope="session")
-def arm():
-    try:
-        return arm_env.ensure()
-    except PipelineError as e:
-        pytest.skip(f"the emulated ARM64 target cannot be built on this machine: {e}")
-
-
 def _masks(target: Target, model: Path, feeds: Path, tmp: Path, precision: str) -> tuple[np.ndarray, dict]:
     out = tmp / f"{target.name.replace(':', '-')}-{precision}.npz"
     res = target.run({"model": str(model), "feeds": str(feeds), "out": str(out),
