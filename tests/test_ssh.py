@@ -273,3 +273,38 @@ def test_arm64_python_over_ssh_computes_fp16(sshd, arm, fp32_build, tmp_path):
     assert normal.ok and low.ok, (normal.why, low.why)
     n, lo = (load_cases(o)["case"]["low_res_masks"] for o in (out_n, out_l))
     assert not np.array_equal(n, lo) and np.array_equal(lo.astype(np.float16).astype(np.float32), lo)
+
+
+def test_full_disk_there_fails_the_call_saying_so(sshd, fp32_build, tmp_path):
+    model, feeds = _decoder_case(fp32_build[0], tmp_path)
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root)")
+    try:
+        t = parse_target(sshd.spec(dir=str(disk / "sam")))
+        res, _ = _run(t, model, feeds, tmp_path, "full")
+        t.close()
+        assert not res.ok and f"the target's disk is full ({disk / 'sam'})" in res.error, res.error
+        assert "No space left on device" in res.error
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_target_parity_on_an_ssh_target(sshd, fp32_only, tmp_path):
+    """targets.<name>.target: ssh://...: the cells run there and on the host against the same PyTorch reference
+    (the "device" is this machine: both give the same numbers)."""
+    root, cfg_path = fp32_only
+    remote = tmp_path / "remote"
+    spec = sshd.spec(dir=str(remote))
+    write_config(cfg_path, base=cfg_path, targets={"board": {"target": spec, "cells": ["mnn-fp32@normal"],
+                                                             "images": ["chelsea"], "prompts": ["one_point"],
+                                                             "threads": 1}})
+    got = statuses(run_pipeline(load_model_config(str(cfg_path)), root, targets=["target_parity"]))
+    assert got["target_parity"] == "ran", got
+    df = pd.read_csv(root / "reports" / "tiny_fp32" / "target_parity.csv")
+    there, host = (df[df["target"] == n].set_index("component") for n in (parse_target(spec).name, "host"))
+    assert len(there) == 3 and (there["status"] == "ok").all() and (there["emulated"] == False).all()  # noqa: E712
+    assert (there["target_cpu"] != "host").all() and (there["target_mnn"] == MNN_VERSION).all()
+    np.testing.assert_allclose(there["cosine"].dropna(), host["cosine"].dropna())
+    assert not list((remote / "runs").iterdir()) and not list((remote / "files").iterdir())
