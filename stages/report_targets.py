@@ -55,26 +55,39 @@ def plot(host: pd.DataFrame, remote: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+def _table(g: pd.DataFrame) -> str:
+    ok = g[g["status"].astype(str).str.startswith("ok") & (g["runtime"] == "mnn")]
+    cols = [c for c in COLUMNS if c in g.columns]
+    if ok.empty:
+        return "(no MNN cell timed)\n"
+    t = ok[cols].sort_values(["component", "threads", "p50_ms"]).round(2)
+    for c in ("threads", "points", "out_h", "out_w", "runs"):
+        if c in t.columns:
+            t[c] = t[c].astype("Int64")
+    return _md(t)
+
+
 def section(host: pd.DataFrame, remote: pd.DataFrame, plot_path: Path | None) -> str:
-    """The markdown section; empty when no SSH target was benched."""
+    """The markdown section: the host's MNN cells and each SSH target's; empty when no SSH target was benched."""
     if remote.empty:
         return ""
-    out = ["\n## Latency per target\n",
-           "The sweep's MNN cells timed on each SSH target by the runner there (same stop rule and statistics), on "
-           "the target's own CPU and MNN build. No matmul roofline is measured there (roofline: none). A target's "
-           "rows are compared only with that target's rows (`make compare`, `make regress`).\n"]
+    out = ["\n## Latency per target\n\n",
+           "The sweep's MNN cells on each target: SSH targets timed by the runner there (same stop rule and "
+           "statistics) on their own CPU and MNN build; no matmul roofline is measured there (roofline: none). A "
+           "target's rows are compared only with that target's rows (`make compare`, `make regress`).\n\n"]
     if plot_path is not None:
         out.append(f"![latency per target](plots/{plot_path.name})\n")
+    if not host.empty and (host["runtime"] == "mnn").any():
+        first = host.iloc[0]
+        out.append(f"\n### host\n\n{first.get('cpu', '?')}, {first.get('cores', '?')} cores (the tables above "
+                   f"are this machine's).\n\n" + _table(host))
     for target, g in remote.groupby("target", sort=True):
         first = g.iloc[0]
-        ok = g[g["status"].astype(str).str.startswith("ok")]
+        ok = g["status"].astype(str).str.startswith("ok")
         out.append(f"\n### {target}\n\n{first.get('cpu', '?')}, {first.get('cores', '?')} cores, "
                    f"{first.get('target_machine', '?')}, MNN {first.get('target_mnn', '?')}, backends: "
-                   f"{first.get('target_backends', '') or 'none answered'}. {len(ok)} of {len(g)} rows timed.\n\n")
-        cols = [c for c in COLUMNS if c in g.columns]
-        shown = ok if not ok.empty else g
-        out.append(_md(shown[cols].round(2).sort_values(["component", "threads", "p50_ms"] if not ok.empty else ["component"])))
-        bad = g[~g["status"].astype(str).str.startswith("ok")]
-        for status, n in bad["status"].value_counts().items():
+                   f"{first.get('target_backends', '') or 'none answered'}. {ok.sum()} of {len(g)} rows timed.\n\n")
+        out.append(_table(g))
+        for status, n in g[~ok]["status"].value_counts().items():
             out.append(f"- {n} rows: {status}\n")
     return "".join(out)

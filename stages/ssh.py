@@ -182,10 +182,11 @@ class _Session:
     calls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     control: str = ""
+    folder: str = ""  # the target's folder, absolute, once started
 
     @property
     def run_dir(self) -> str:
-        return f"{self.target.folder}/runs/{self.run_id}"
+        return f"{self.folder}/runs/{self.run_id}"
 
     def _options(self) -> list[str]:
         opts = [*SSH_OPTIONS]
@@ -230,10 +231,13 @@ class _Session:
                 shutil.rmtree(self.control, ignore_errors=True)
                 self.control = ""
                 raise TargetDown(_explain(self.target, "connecting", rc, said))
-            files = f"{self.target.folder}/files"
-            listing = self.remote(f"mkdir -p {shlex.quote(files)} {shlex.quote(self.run_dir)} && ls {shlex.quote(files)}",
-                                  "making the run folder")
-            self.known = {n for n in listing.split() if len(n) == 64}
+            # the folder as an absolute path there (a relative one is under the login's home; the runner runs
+            # in the run folder, so every path it is given must be absolute)
+            folder = shlex.quote(self.target.folder)
+            listing = self.remote(f"mkdir -p {folder}/files {folder}/runs/{self.run_id} && cd {folder} && pwd && "
+                                  f"ls files", "making the run folder").split("\n", 1)
+            self.folder = listing[0].strip()
+            self.known = {n for n in (listing[1] if len(listing) > 1 else "").split() if len(n) == 64}
             from stages.targets import RUNNER_FILES
 
             for f in RUNNER_FILES:
@@ -258,24 +262,28 @@ class _Session:
 
     def stage(self, local: Path) -> str:
         """The path there of a local file (and of its `.weight` companion, which MNN loads from beside it),
-        copying it once: by content, so what is already there is not copied again."""
-        sha = content_hash(local)
-        there = f"{self.target.folder}/files/{sha}"
+        copying it once: by content, so what is already there is not copied again. Stored under a name of the
+        content's (two variants can be the same bytes: vit_t's decoder.fp32-static.mnn is decoder.fp32.mnn)."""
+        weight = local.with_name(local.name + ".weight")
+        files = [local, *([weight] if weight.exists() else [])]
+        sha = content_hash(local) if len(files) == 1 else hashlib.sha256(
+            "".join(content_hash(f) for f in files).encode()).hexdigest()
+        there = f"{self.folder}/files/{sha}"
+        name = "content" + "".join(local.suffixes[-1:])  # MNN reads <model>.weight beside <model>
         with self.lock:
             if sha in self.known:
                 self.reused += 1
-                return f"{there}/{local.name}"
-            files = [local, *([w] if (w := local.with_name(local.name + ".weight")).exists() else [])]
+                return f"{there}/{name}"
             part = f"{there}.part-{self.run_id}"
             self.remote(f"mkdir -p {shlex.quote(part)}", "making a file folder")
-            for f in files:
-                self.put(f, f"{part}/{f.name}", f"copying {f.name}")
+            for f, to in zip(files, [name, name + ".weight"], strict=False):
+                self.put(f, f"{part}/{to}", f"copying {f.name}")
             self.remote(f"rm -rf {shlex.quote(there)} && mv {shlex.quote(part)} {shlex.quote(there)}",
                         f"storing {local.name}")
             self.known.add(sha)
             self.copied.append(sha)
             self.copied_bytes += sum(f.stat().st_size for f in files)
-            return f"{there}/{local.name}"
+            return f"{there}/{name}"
 
     def run(self, request: dict, log_file: Path, timeout_s: float) -> IsolatedResult:
         with self.lock:
@@ -342,13 +350,13 @@ class _Session:
 
     def close(self) -> None:
         if self.started:
-            gone = [] if self.target.keep else [f"{self.target.folder}/files/{sha}" for sha in self.copied]
+            gone = [] if self.target.keep else [f"{self.folder}/files/{sha}" for sha in self.copied]
             kill = f"for p in {shlex.quote(self.run_dir)}/call-*.pid; do [ -f \"$p\" ] && kill -9 $(cat \"$p\") 2>/dev/null; done; "
             keep = self.target.keep
             self.remote_quiet(kill + ("true" if keep else "rm -rf " + " ".join(shlex.quote(p) for p in [self.run_dir, *gone])))
             log.info("target %s: copied %d files (%.1f MB), %d already there; %s", self.target.name, len(self.copied),
                      self.copied_bytes / 1e6, self.reused,
-                     f"kept in {self.target.folder}" if keep else "run folder and copied files removed")
+                     f"kept in {self.folder}" if keep else "run folder and copied files removed")
         if self.control:
             subprocess.run(["ssh", *self._options()[:-2], "-O", "exit", "-p", str(self.target.port),
                             self.target.destination], capture_output=True, stdin=subprocess.DEVNULL, timeout=30)

@@ -212,7 +212,7 @@ def test_bench_on_two_ssh_targets_beside_the_host(sshd, fp32_only, tmp_path):
     assert lat["status"].str.startswith("ok").sum() == 4 + 2 + 2
     assert not list((tmp_path / "a" / "runs").iterdir()) and not list((tmp_path / "b" / "files").iterdir())
     summary = (root / "reports" / "tiny_fp32" / "summary.md").read_text()
-    assert summary.count("\n### ssh://") == 2 and "latency_per_target.png" in summary
+    assert summary.count("\n### ssh://") == 2 and "\n### host\n" in summary and "latency_per_target.png" in summary
     assert (root / "reports" / "tiny_fp32" / "plots" / "latency_per_target.png").stat().st_size > 0
     # compare: each target's rows against that target's own; a target absent from one side is missing, never
     # matched with another target's rows
@@ -308,3 +308,40 @@ def test_target_parity_on_an_ssh_target(sshd, fp32_only, tmp_path):
     assert (there["target_cpu"] != "host").all() and (there["target_mnn"] == MNN_VERSION).all()
     np.testing.assert_allclose(there["cosine"].dropna(), host["cosine"].dropna())
     assert not list((remote / "runs").iterdir()) and not list((remote / "files").iterdir())
+
+
+def test_a_relative_folder_is_under_the_logins_home(sshd, fp32_build, tmp_path):
+    """The default folder (.cache/sam-deploy) is relative: the runner, which runs in the run folder, must still
+    be given paths it can open."""
+    import uuid
+    from pathlib import Path
+
+    model, feeds = _decoder_case(fp32_build[0], tmp_path)
+    rel = f".cache/sam-deploy-test-{uuid.uuid4().hex[:8]}"
+    t = parse_target(sshd.spec(dir=rel))
+    res, _ = _run(t, model, feeds, tmp_path, "rel")
+    t.close()
+    assert res.ok, res.why
+    home = Path(os.path.expanduser(f"~{sshd.user}"))
+    assert not list((home / rel / "runs").iterdir()) and not list((home / rel / "files").iterdir())
+    import shutil
+
+    shutil.rmtree(home / rel)
+
+
+def test_two_files_of_the_same_bytes_are_copied_once_and_both_load(sshd, fp32_build, tmp_path):
+    """Two variants can be byte-identical (vit_t's decoder.fp32-static.mnn is decoder.fp32.mnn): stored under a
+    name of the content's, both load."""
+    import shutil
+
+    model, feeds = _decoder_case(fp32_build[0], tmp_path)
+    twin = tmp_path / "decoder.twin.mnn"
+    shutil.copy(model, twin)
+    t = parse_target(sshd.spec(dir=str(tmp_path / "remote")))
+    assert _run(t, model, feeds, tmp_path, "a")[0].ok
+    res, _ = _run(t, twin, feeds, tmp_path, "twin")
+    assert res.ok, res.why
+    from stages.ssh import _SESSIONS
+
+    assert len(_SESSIONS[t].copied) == 2  # the model and the feeds; the twin was there by content
+    t.close()
