@@ -197,6 +197,7 @@ class BenchConfig:
 
         if not self.targets:
             raise ValueError("bench.targets: name at least one target (host, ssh://[user@]host[:port])")
+        names = []
         for i, t in enumerate(self.targets):
             try:
                 target = parse_target(t, f"bench.targets[{i}]")
@@ -205,8 +206,9 @@ class BenchConfig:
             if target.emulated:
                 raise ValueError(f"bench.targets[{i}]: {t!r} is emulated: its times are not latencies (use it in "
                                  f"targets: for parity, `make arm`)")
-        if len(set(self.targets)) != len(self.targets):
-            raise ValueError(f"bench.targets: {self.targets} names a target twice")
+            if target.name in names:  # rows are keyed by the name (ssh://user@host:port, options aside)
+                raise ValueError(f"bench.targets[{i}]: {t!r} names target {target.name} twice")
+            names.append(target.name)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from stages.artifacts import artifact_paths, atomic_output
-from stages.bench import expand_variants
+from stages.bench_cells import expand_variants
 from stages.convert import converter_argv, static_flags
 from stages.isolate import run_isolated
 from stages.preprocess import decoder_feeds, preprocess_image

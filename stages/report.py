@@ -9,16 +9,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import matplotlib
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from stages.artifacts import artifact_bytes, atomic_output  # noqa: E402
-from stages.runtimes import identical_skip  # noqa: E402
+from stages import report_targets
+from stages.artifacts import artifact_bytes, atomic_output
+from stages.figures import _md, _save, plt
+from stages.runtimes import identical_skip
 
 log = logging.getLogger(__name__)
 COMPONENTS = ("encoder", "decoder", "e2e")
@@ -374,22 +372,6 @@ def plot_variants(points: pd.DataFrame, path: Path, threads) -> None:
     _save(fig, path)
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-
-
-def _md(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "(none)\n"
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
 def what_computed(lat: pd.DataFrame, parity: pd.DataFrame | None, first) -> str:
     """A plain statement of which arithmetic ran here, and which settings had no effect on this machine."""
     flags = first.get("cpu_flags", "") if "cpu_flags" in lat.columns else "not recorded"
@@ -534,8 +516,6 @@ def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots:
 def run(ctx) -> list[dict]:
     lat_path = ctx.reports / "latency.csv"
     par_path = ctx.reports / "parity.csv"
-    from stages import report_targets  # builds on this module's tables and plots
-
     # the tables below are the host's (what parity checked, where roofline and speed-ups are measured); SSH
     # targets' rows get a section of their own
     lat, remote = report_targets.split(with_modes(pd.read_csv(lat_path)))
@@ -555,7 +535,7 @@ def run(ctx) -> list[dict]:
         rec.to_csv(tmp, index=False)
     summary = ctx.reports / "summary.md"
     with atomic_output(summary) as tmp:
-        tmp.write_text(summary_markdown(ctx, lat, parity, plots)
-                       + report_targets.section(lat, remote, plots.get("targets")))
+        host_part = summary_markdown(ctx, lat, parity, plots) if not lat.empty else report_targets.no_host(ctx, remote)
+        tmp.write_text(host_part + report_targets.section(lat, remote, plots.get("targets")))
     log.info("summary: %s", summary)
     return [{"cell": p.name, **ctx.describe(p), "status": "ok"} for p in [summary, rec_path, *plots.values()]]

@@ -7,10 +7,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.report import _md, _save, plt
+from stages.figures import _md, _save, plt
 
 COLUMNS = ["component", "artifact", "precision", "mode", "threads", "points", "out_h", "out_w", "p50_ms", "p90_ms",
            "runs", "fp16_compute", "int8_compute", "status"]
+
+
+def no_host(ctx, remote: pd.DataFrame) -> str:
+    """summary.md's head when the bench timed no cell on the host (`TARGET=ssh://...` alone)."""
+    first = remote.iloc[0]
+    weights = str(first.get("weights", ""))
+    note = (f"> **Weights: {weights}** - the real architecture with seeded random weights (no checkpoint). Latency "
+            "and parity are real; masks are not meaningful.\n" if weights.startswith("random") else f"Weights: {weights}\n")
+    return (f"# {ctx.cfg.name}: latency on the targets\n\n{note}\nThis run timed no cell on the host (bench.targets: "
+            f"{', '.join(sorted(remote['target'].unique()))}): the host's tables (fastest per runtime, Pareto, "
+            f"recommended.csv) come from a run that names `host` among its targets.\n")
 
 
 def split(lat: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

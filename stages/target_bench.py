@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 
-from stages.bench import BenchCell, BenchInputs, _samples, _timed_row, cell_base, grid, workloads
+from stages.bench_cells import BenchCell, BenchInputs, cell_base, grid, samples_of, timed_row, workloads
 from stages.errors import PipelineError
 from stages.models import file_sha256
 from stages.preprocess import bench_prompt, decoder_feeds
@@ -114,7 +114,7 @@ def _time_cell(inputs: BenchInputs, target, cell: BenchCell, base: dict, opts: d
     rows, samples = [], []
     for w, t in zip(loads, r["timings"], strict=True):
         w = {**w, **t}
-        samples.extend(_samples(base["cell"], w))
-        rows.append(_timed_row(ctx, cell, base, w, float("nan"), r, sha))
+        samples.extend(samples_of(base["cell"], w))
+        rows.append(timed_row(ctx, cell, base, w, float("nan"), r, sha))
     return rows, samples
 

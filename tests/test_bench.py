@@ -164,7 +164,7 @@ def test_crashing_cell_is_a_failed_row_and_the_sweep_goes_on(fp32_only, tmp_path
 
 
 def test_all_variants_follow_the_model_config():
-    from stages.bench import expand_variants, grid
+    from stages.bench_cells import expand_variants, grid
 
     assert expand_variants("mnn", ["all"], {"fp32": [], "fp32-fuse": ["--transformerFuse"]}) == ["fp32", "fp32-fuse"]
     assert expand_variants("onnxruntime", ["all"], {"fp32": []}) == ["onnx", "onnx-sim"]

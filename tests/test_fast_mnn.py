@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.bench import grid
+from stages.bench_cells import grid
 from stages.config import load_sweep
 from stages.convert import static_flags
 from stages.errors import ConfigError

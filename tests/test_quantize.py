@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, write_config
-from stages.bench import expand_variants
+from stages.bench_cells import expand_variants
 from stages.config import QuantVariant, load_model_config
 from stages.errors import ConfigError
 from stages.pipeline import load_pipeline

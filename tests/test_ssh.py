@@ -44,10 +44,10 @@ def _decoder_case(root, tmp_path):
     return model, feeds
 
 
-def _run(target, model, feeds, tmp_path, name="out", **settings):
+def _run(target, model, feeds, tmp_path, name="out", timing=None, **settings):
     out = tmp_path / f"{name}.npz"
-    res = target.run({"model": str(model), "feeds": str(feeds), "out": str(out),
-                      "settings": {"threads": 1, **settings}}, tmp_path / f"{name}.log", 300)
+    res = target.run({"model": str(model), "feeds": str(feeds), "out": str(out), "settings": {"threads": 1, **settings},
+                      **({"timing": timing} if timing else {})}, tmp_path / f"{name}.log", 300)
     return res, out
 
 
@@ -76,8 +76,8 @@ def test_ssh_spec_fields_and_config_errors(tmp_path):
     emulated = write_config(tmp_path / "e.yaml", **{"bench.targets": ["arm64"]})
     with pytest.raises(ConfigError, match=r"bench\.targets\[0\]: 'arm64' is emulated: its times are not latencies"):
         load_model_config(str(emulated))
-    twice = write_config(tmp_path / "t.yaml", **{"bench.targets": ["host", "host"]})
-    with pytest.raises(ConfigError, match="names a target twice"):
+    twice = write_config(tmp_path / "t.yaml", **{"bench.targets": ["ssh://pi@b", "ssh://pi@b?python=python3.12"]})
+    with pytest.raises(ConfigError, match=r"bench\.targets\[1\]: .* names target ssh://pi@b twice"):
         load_model_config(str(twice))
 
 
@@ -157,14 +157,15 @@ def test_dropped_connection_and_crash_fail_the_call_and_the_next_one_runs(sshd, 
     # or crashes MNN's process with SIGSEGV once it is running
     drop = sshd.script("drop", f'if [ -f {mark} ]; then rm -f {mark}; kill -9 $(awk \'{{print $4}}\' /proc/$PPID/stat); '
                                f'sleep 5; fi\nexec {sys.executable} "$@"\n')
-    crash = sshd.script("crash", f'if [ -f {mark} ]; then rm -f {mark}; {sys.executable} "$@" & p=$!; sleep 0.3; '
+    crash = sshd.script("crash", f'if [ -f {mark} ]; then rm -f {mark}; {sys.executable} "$@" & p=$!; sleep 1; '
                                  f'kill -SEGV $p; wait $p; exit $?; fi\nexec {sys.executable} "$@"\n')
     for python, match in ((drop, r"SSH connection to \S+ failed or dropped"),
                           (crash, r"MNN runner on \S+ killed by signal SIGSEGV")):
         t = parse_target(sshd.spec(python=python, dir=str(tmp_path / "remote")))
         assert _run(t, model, feeds, tmp_path, "before")[0].ok
-        mark.touch()
-        res, _ = _run(t, model, feeds, tmp_path, "hit")
+        mark.touch()  # the hit call times for 20 s (the bench's stop rule), so it is running when hit
+        res, _ = _run(t, model, feeds, tmp_path, "hit",
+                      timing={"warmup": 0, "min_runs": 1, "min_seconds": 20, "max_seconds": 30})
         assert not res.ok and re.search(match, res.error), res.error
         res, _ = _run(t, model, feeds, tmp_path, "after")
         assert res.ok, res.why
