@@ -77,6 +77,7 @@ def run(ctx) -> list[dict]:
         finally:
             close_all(remote)
             pool.shutdown(wait=True, cancel_futures=True)
+            close_all(remote)  # a call a target's thread started while the first close ran (then it is gone too)
     for r in rows:
         r["out_h"], r["out_w"] = r.pop("out_size")
     _speedups(rows)

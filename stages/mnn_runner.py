@@ -35,11 +35,6 @@ if __name__ == "__main__":  # on a target: one BLAS thread, set before numpy loa
 
 import numpy as np  # noqa: E402
 
-try:
-    from stages.timing import StopRule, measure, summarize
-except ImportError:  # on a target: timing.py is copied beside this file
-    from timing import StopRule, measure, summarize  # type: ignore[no-redef]
-
 # pymnn's runtime config (getScheduleConfig in pymnn/src/util.h, MNN 3.6.1) takes integers: the backend as
 # MNN's forward type (its strings must be upper case: "OpenCL" raises "backend not support" even in builds
 # that have OpenCL), precision 0-3, and memory / power 0-2 (a string there is silently ignored). So the
@@ -348,6 +343,18 @@ def process_stats() -> dict:
     return stats
 
 
+def _stop_rule(spec: dict):
+    """The bench's stop rule, from stages/timing.py: beside this file on a target (imported only when timing:
+    its `statistics` import costs seconds under QEMU), or the project's own on the host."""
+    try:
+        import timing
+    except ImportError:
+        from stages import timing
+
+        sys.modules["timing"] = timing
+    return timing.StopRule(**spec)
+
+
 def serve(req: dict) -> dict:
     """Load the model once and run every case; write the outputs; return what ran and where. A request
     without a model is a probe: only what the target is."""
@@ -362,13 +369,15 @@ def serve(req: dict) -> dict:
     load_seconds = time.perf_counter() - t0
     outs, times, timings = {}, [], []
     cases = _cases(req["feeds"])
-    rule = StopRule(**req["timing"]) if req.get("timing") else None
+    rule = _stop_rule(req["timing"]) if req.get("timing") else None
     for case, feeds in cases.items():
         t0 = time.perf_counter()
         for name, value in model.run(feeds).items():
             outs[f"{case}{CASE_SEP}{name}"] = value
         times.append(time.perf_counter() - t0)
         if rule is not None:  # the bench's stop rule, after the run above (which also checked the outputs)
+            from timing import measure, summarize  # importable once _stop_rule ran
+
             timing = measure(lambda feeds=feeds: model.run(feeds), rule)
             timings.append({**summarize(timing.samples_s), "first_run_ms": times[-1] * 1000, "valid": timing.valid,
                             "samples_ms": [round(x * 1000, 4) for x in timing.samples_s]})

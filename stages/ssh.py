@@ -22,6 +22,7 @@ import json
 import logging
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -321,6 +322,9 @@ class _Session:
                 proc.wait()
                 self._kill_call(n)
                 raise
+        if rc == -signal.SIGINT:  # Ctrl-C reached this ssh too (it shares the terminal's process group)
+            self._kill_call(n)
+            raise KeyboardInterrupt
         tail = _tail(log_file)
         if rc != 0:
             return IsolatedResult(False, rc, error=_explain(self.target, "the MNN runner", rc, tail), log_tail=tail)
@@ -394,8 +398,16 @@ def _explain(target: SshTarget, what: str, rc: int, said: str) -> str:
 
 
 def close_all(targets) -> None:
-    """close() every SSH target among `targets` (the others have nothing to clean up)."""
-    for t in targets:
-        if isinstance(t, SshTarget):
-            t.close()
+    """close() every SSH target among `targets` (the others have nothing to clean up). After Ctrl-C the runner
+    also sends SIGTERM to the stage (stages/pipeline.py), which would cut this cleanup short: in the main thread
+    SIGINT and SIGTERM wait until it is done (each remote step is bounded by its timeout)."""
+    shield = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if shield else {}
+    try:
+        for t in targets:
+            if isinstance(t, SshTarget):
+                t.close()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
