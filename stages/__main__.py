@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from stages.errors import PipelineError
+from stages.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def _load(args):
 
 
 def cmd_run(args) -> int:
-    from stages.pipeline import run_pipeline, summary_table
+    from stages.engine.pipeline import run_pipeline, summary_table
 
     cfg = _load(args)
     results = run_pipeline(cfg, args.root.resolve(), args.pipeline, targets=args.stages, single=args.single,
@@ -71,8 +71,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from stages.models import weights_tag
-    from stages.pipeline import (
+    from stages.engine.pipeline import (
         Lock,
         StageContext,
         build_dir,
@@ -83,6 +82,7 @@ def cmd_status(args) -> int:
         stage_state,
         why_stale,
     )
+    from stages.sam.models import weights_tag
 
     cfg = _load(args)
     root = args.root.resolve()
@@ -109,7 +109,7 @@ def cmd_status(args) -> int:
 
 def _gate_run(args):
     """The pipeline as the regression gate runs it: every stage, with the quick sweep unless told otherwise."""
-    from stages.pipeline import run_pipeline, summary_table
+    from stages.engine.pipeline import run_pipeline, summary_table
 
     args.sweep = args.sweep or "quick"
     cfg = _load(args)
@@ -121,7 +121,9 @@ def _gate_run(args):
 def cmd_regress(args) -> int:
     import pandas as pd
 
-    from stages.compare import (
+    from stages.config import load_sweep
+    from stages.engine.pipeline import run_pipeline
+    from stages.tools.compare import (
         BAD,
         compare_runs,
         load_regress_config,
@@ -129,9 +131,7 @@ def cmd_regress(args) -> int:
         regression_table,
         write_comparison,
     )
-    from stages.config import load_sweep
-    from stages.pipeline import run_pipeline
-    from stages.regress import REPO, Side, ab_latency, ab_rows, prepare_base, resolve_base, uncommitted
+    from stages.tools.regress import REPO, Side, ab_latency, ab_rows, prepare_base, resolve_base, uncommitted
 
     gate = load_regress_config()
     root = args.root.resolve()
@@ -180,8 +180,8 @@ def cmd_regress(args) -> int:
 def cmd_baseline(args) -> int:
     import shutil
 
-    from stages.artifacts import machine
-    from stages.compare import compare_runs, load_regress_config, load_run, markdown
+    from stages.core.artifacts import machine
+    from stages.tools.compare import compare_runs, load_regress_config, load_run, markdown
 
     cfg, failed, _ = _gate_run(args)
     if failed:
@@ -206,7 +206,7 @@ def cmd_baseline(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from stages.compare import (
+    from stages.tools.compare import (
         BAD,
         compare_runs,
         load_regress_config,
@@ -231,7 +231,7 @@ def cmd_compare(args) -> int:
 
 def cmd_segment(args) -> int:
     """MNN only: no torch, onnx or onnxruntime is imported on this path."""
-    from stages.segment import parse_floats, parse_points, recommended_models, segment_file
+    from stages.tools.segment import parse_floats, parse_points, recommended_models, segment_file
 
     mnn = args.root.resolve() / "build" / args.model / "mnn"
     encoder = mnn / f"encoder.{args.variant}.mnn"
@@ -266,8 +266,8 @@ def cmd_segment(args) -> int:
 
 
 def cmd_arm_env(args) -> int:
-    from stages import arm_env
-    from stages.targets import parse_target
+    from stages.runtimes import arm_env
+    from stages.runtimes.targets import parse_target
 
     env = arm_env.ensure()
     for cpu in ("max", "cortex-a53"):
@@ -280,7 +280,7 @@ def cmd_arm_env(args) -> int:
 
 def cmd_demo(args) -> int:
     """MNN only, as segment: the server process imports no torch, onnx or onnxruntime."""
-    from stages.demo.server import Demo, serve
+    from stages.tools.demo.server import Demo, serve
 
     try:
         serve(Demo(args.root.resolve(), args.model, threads=args.threads), args.port, args.idle_minutes)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stages.artifacts import atomic_output, sidecars
-from stages.isolate import run_isolated
-from stages.samples import component_example
+from stages.core.artifacts import atomic_output, sidecars
+from stages.core.isolate import run_isolated
+from stages.sam.samples import component_example
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import warnings
 import numpy as np
 import torch
 
-from stages.artifacts import atomic_output
-from stages.models import build_model
-from stages.onnx_io import check_onnx, ort_outputs, resave_export
-from stages.samples import decoder_example
+from stages.core.artifacts import atomic_output
+from stages.runtimes.onnx_io import check_onnx, ort_outputs, resave_export
+from stages.sam.models import build_model
+from stages.sam.samples import decoder_example
 
 log = logging.getLogger(__name__)
 

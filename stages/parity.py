@@ -21,17 +21,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stages import metrics
-from stages.artifacts import artifact_paths, machine
 from stages.config import Thresholds
-from stages.errors import PipelineError
+from stages.core.artifacts import artifact_paths, file_sha256, machine
+from stages.core.errors import PipelineError
+from stages.core.isolate import run_isolated
 from stages.export_decoder import INPUTS, onnx_decoder
-from stages.isolate import run_isolated
-from stages.models import build_model, file_sha256
-from stages.preprocess import decoder_feeds, preprocess_image, upsample_masks
 from stages.runtimes import RUNTIMES, identical_skip
-from stages.samples import PROMPTS, load_cases, load_images, prompt, save_cases
-from stages.targets import HOST, Target
+from stages.runtimes.targets import HOST, Target
+from stages.sam import metrics
+from stages.sam.models import build_model
+from stages.sam.preprocess import decoder_feeds, preprocess_image, upsample_masks
+from stages.sam.samples import PROMPTS, load_cases, load_images, prompt, save_cases
 
 log = logging.getLogger(__name__)
 SEP = "::"

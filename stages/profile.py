@@ -18,12 +18,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from stages.artifacts import artifact_paths, atomic_output
-from stages.bench_cells import expand_variants
+from stages.bench.cells import expand_variants
 from stages.convert import converter_argv, static_flags
-from stages.isolate import run_isolated
-from stages.preprocess import decoder_feeds, preprocess_image
-from stages.samples import load_images
+from stages.core.artifacts import artifact_paths, atomic_output
+from stages.core.isolate import run_isolated
+from stages.sam.preprocess import decoder_feeds, preprocess_image
+from stages.sam.samples import load_images
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.artifacts import atomic_output, sidecars
-from stages.errors import PipelineError
-from stages.isolate import run_isolated
-from stages.preprocess import decoder_feeds, preprocess_image
-from stages.samples import load_cases, load_images, save_cases
+from stages.core.artifacts import atomic_output, sidecars
+from stages.core.errors import PipelineError
+from stages.core.isolate import run_isolated
+from stages.sam.preprocess import decoder_feeds, preprocess_image
+from stages.sam.samples import load_cases, load_images, save_cases
 
 log = logging.getLogger(__name__)
 DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
@@ -180,7 +180,7 @@ def run(ctx) -> list[dict]:
 
 
 def _size(path: Path) -> int | None:
-    from stages.artifacts import artifact_bytes
+    from stages.core.artifacts import artifact_bytes
 
     return artifact_bytes(path) if path.exists() else None
 

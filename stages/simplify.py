@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from stages.artifacts import PARTIAL_MARK, atomic_output
-from stages.errors import PipelineError
-from stages.onnx_io import foreign_ops, load_onnx, op_counts, ort_outputs, save_onnx, stored_bytes
-from stages.samples import component_example
+from stages.core.artifacts import PARTIAL_MARK, atomic_output
+from stages.core.errors import PipelineError
+from stages.runtimes.onnx_io import foreign_ops, load_onnx, op_counts, ort_outputs, save_onnx, stored_bytes
+from stages.sam.samples import component_example
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def slim_large(src: Path, workdir: Path, max_rounds: int = 3) -> onnx.ModelProto
     while the node count drops, as onnxslim's own loop does."""
     import onnxslim
 
-    from stages.onnx_io import save_onnx as save
+    from stages.runtimes.onnx_io import save_onnx as save
 
     path, best, model = src, None, None
     for i in range(max_rounds):

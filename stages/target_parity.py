@@ -4,7 +4,7 @@ The host's parity stage answers "is the conversion right"; this one answers "wha
 On an x86 host MNN's precision low is fp32; on an ARMv8.2 CPU it is fp16, and memory low on a weight-
 quantized model runs int8 dot products (sdot / i8mm). Each cell of `targets.<name>` runs on its
 target (the emulated ARM64 target: MNN's real aarch64 kernels under QEMU) and, for comparison, on the host,
-through the same runner (stages/mnn_runner.py), against the same PyTorch reference and thresholds as
+through the same runner (stages/ondevice/mnn_runner.py), against the same PyTorch reference and thresholds as
 parity.csv. Here the decoder runs whole (upsample graph: its in-graph resize, computed as the target computes
 it), and decoder and e2e rows also score the masks made by upsampling the cell's low_res_masks in fp32
 (mask_iou_fp32_upsample, what MnnRuntime and make segment do by default): where that is much better than
@@ -20,15 +20,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages.artifacts import artifact_paths
 from stages.config import parse_cell_key
-from stages.errors import PipelineError
-from stages.models import file_sha256
+from stages.core.artifacts import artifact_paths, file_sha256
+from stages.core.errors import PipelineError
 from stages.parity import ParityCell, evaluate_cell, failure_table, torch_reference
 from stages.runtimes import MnnRuntime
-from stages.samples import load_images
-from stages.ssh import close_all
-from stages.targets import HOST, Target, feature_flags, parse_target
+from stages.runtimes.ssh import close_all
+from stages.runtimes.targets import HOST, Target, feature_flags, parse_target
+from stages.sam.samples import load_images
 
 log = logging.getLogger(__name__)
 

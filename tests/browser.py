@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from stages import debian
+from stages.core import debian
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 # flags from this machine kind's notes: without the background-networking ones Chromium keeps calling out

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from stages import debian
+from stages.core import debian
 
 
 @dataclass

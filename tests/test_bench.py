@@ -11,10 +11,10 @@ import pytest
 
 from conftest import copy_build, killing_worker, statuses, write_config
 from stages.config import load_model_config, load_sweep
-from stages.errors import ConfigError
-from stages.pipeline import run_pipeline
+from stages.core.errors import ConfigError
+from stages.engine.pipeline import run_pipeline
+from stages.ondevice.timing import StopRule, measure, summarize
 from stages.report import pareto_points
-from stages.timing import StopRule, measure, summarize
 
 
 class FakeClock:
@@ -164,7 +164,7 @@ def test_crashing_cell_is_a_failed_row_and_the_sweep_goes_on(fp32_only, tmp_path
 
 
 def test_all_variants_follow_the_model_config():
-    from stages.bench_cells import expand_variants, grid
+    from stages.bench.cells import expand_variants, grid
 
     assert expand_variants("mnn", ["all"], {"fp32": [], "fp32-fuse": ["--transformerFuse"]}) == ["fp32", "fp32-fuse"]
     assert expand_variants("onnxruntime", ["all"], {"fp32": []}) == ["onnx", "onnx-sim"]

@@ -8,9 +8,9 @@ import json
 from conftest import ALL_STAGES as ALL
 from conftest import statuses, write_config
 from stages.__main__ import main
-from stages.artifacts import partial_name
 from stages.config import load_model_config
-from stages.pipeline import run_pipeline
+from stages.core.artifacts import partial_name
+from stages.engine.pipeline import run_pipeline
 
 
 def _run(root, cfg_path, **kw):
@@ -36,11 +36,11 @@ def test_status_names_the_changed_code_file(fp32_only, capsys):
     root, cfg_path = fp32_only
     lock_file = root / "build" / "tiny_fp32" / "pipeline.lock.json"
     lock = json.loads(lock_file.read_text())
-    lock["stages"]["report"]["code"]["stages/report.py"] = "0" * 64  # as if report.py had been edited since
+    lock["stages"]["report"]["code"]["stages/report/__init__.py"] = "0" * 64  # as if report.py had been edited since
     lock_file.write_text(json.dumps(lock))
     assert main(["status", "--model", str(cfg_path), "--root", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "report           will run: code changed: stages/report.py" in out, out
+    assert "report           will run: code changed: stages/report/__init__.py" in out, out
 
 
 def test_param_change_reruns_that_stage_and_downstream_only(fp32_only):

@@ -7,7 +7,7 @@ import pytest
 from conftest import TINY, write_config
 from stages.__main__ import main
 from stages.config import known_models, load_model_config
-from stages.errors import ConfigError
+from stages.core.errors import ConfigError
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:

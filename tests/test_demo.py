@@ -15,11 +15,11 @@ import pytest
 from browser import ROOT_DIR, chromium, demo_server, mask_pixels
 from PIL import Image
 
-from stages.demo.images import encode_png
-from stages.demo.variants import find_variants
-from stages.preprocess import numpy_resize, preprocess_image
-from stages.samples import photo
-from stages.segment import MnnSamPredictor
+from stages.sam.preprocess import numpy_resize, preprocess_image
+from stages.sam.samples import photo
+from stages.tools.demo.images import encode_png
+from stages.tools.demo.variants import find_variants
+from stages.tools.segment import MnnSamPredictor
 
 VIEWPORT = {"width": 1400, "height": 900}
 
@@ -257,7 +257,7 @@ def test_no_session_cookie_is_refused(server, browser):
 
 
 def test_page_loads_nothing_from_elsewhere():
-    static = ROOT_DIR / "stages" / "demo" / "static"
+    static = ROOT_DIR / "stages" / "tools" / "demo" / "static"
     for f in static.iterdir():
         text = f.read_text()
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, f.name

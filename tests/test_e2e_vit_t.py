@@ -14,9 +14,9 @@ import pytest
 
 from conftest import ALL_STAGES, ROOT_DIR
 from stages.config import load_model_config
-from stages.pipeline import run_pipeline
+from stages.engine.pipeline import run_pipeline
 from stages.runtimes import MnnRuntime, OrtRuntime
-from stages.samples import component_example
+from stages.sam.samples import component_example
 
 pytestmark = pytest.mark.e2e
 

@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.bench_cells import grid
+from stages.bench.cells import grid
 from stages.config import load_sweep
 from stages.convert import static_flags
-from stages.errors import ConfigError
-from stages.preprocess import decoder_feeds
+from stages.core.errors import ConfigError
 from stages.report import recommended
 from stages.runtimes import MnnRuntime
-from stages.segment import parse_options, recommended_models
+from stages.sam.preprocess import decoder_feeds
+from stages.tools.segment import parse_options, recommended_models
 
 
 def _build(tiny_run) -> Path:

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import copy_build, killing_worker, statuses, write_config
 from stages.config import load_model_config, load_sweep
-from stages.pipeline import Lock, run_pipeline
+from stages.engine.pipeline import Lock, run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +110,9 @@ def test_segment_runs_external_weight_models_and_names_a_missing_weight_file(ext
 
     import numpy as np
 
-    from stages.errors import PipelineError
-    from stages.samples import load_images
-    from stages.segment import MnnSamPredictor
+    from stages.core.errors import PipelineError
+    from stages.sam.samples import load_images
+    from stages.tools.segment import MnnSamPredictor
 
     mnn = external_run[0] / "build" / "tiny_ext" / "mnn"
     (_, image), = load_images(["chelsea"], external_run[0])
@@ -130,8 +130,8 @@ def test_segment_runs_external_weight_models_and_names_a_missing_weight_file(ext
 def test_slimming_a_model_past_2gb_reads_shapes_from_disk(external_run, tmp_path):
     """vit_h's path through simplify (onnxslim cannot infer shapes of a >2 GB model in memory), run on the
     tiny encoder kept in external data: fewer nodes, same outputs on onnxruntime."""
-    from stages.onnx_io import op_counts, ort_outputs
-    from stages.samples import component_example
+    from stages.runtimes.onnx_io import op_counts, ort_outputs
+    from stages.sam.samples import component_example
     from stages.simplify import compare, slim_large
 
     src = external_run[0] / "build" / "tiny_ext" / "onnx" / "encoder.onnx"

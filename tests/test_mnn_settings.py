@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.errors import PipelineError
+from stages.core.errors import PipelineError
 from stages.runtimes import MnnRuntime, OrtRuntime, mnn_schedule
-from stages.samples import component_example
-from stages.segment import MnnSamPredictor
+from stages.sam.samples import component_example
+from stages.tools.segment import MnnSamPredictor
 
 
 def _mnn(tiny_run, name: str):

@@ -7,8 +7,8 @@ import torch
 
 from conftest import TINY, write_config
 from stages.config import load_model_config
-from stages.errors import PipelineError
-from stages.models import BUILDERS, build_model, weights_tag
+from stages.core.errors import PipelineError
+from stages.sam.models import BUILDERS, build_model, weights_tag
 
 
 def _cfg(tmp_path, **kw):

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from conftest import write_config
 from stages.__main__ import main
-from stages.metrics import mask_iou, tensor_metrics, within_tol
+from stages.sam.metrics import mask_iou, tensor_metrics, within_tol
 
 
 def _parity(root, cfg_name="tiny_vit_t") -> pd.DataFrame:

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from conftest import statuses
-from stages.onnx_io import foreign_ops
 from stages.runtimes import MnnRuntime, OrtRuntime
-from stages.samples import component_example, decoder_example
+from stages.runtimes.onnx_io import foreign_ops
+from stages.sam.samples import component_example, decoder_example
 
 REQUIRED_COLUMNS = {"model", "weights", "stage", "path", "bytes", "sha256", "seconds", "status",
                     "torch_version", "onnx_version", "onnxruntime_version", "mnn_version", "cpu", "cores"}

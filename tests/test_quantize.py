@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, write_config
-from stages.bench_cells import expand_variants
+from stages.bench.cells import expand_variants
 from stages.config import QuantVariant, load_model_config
-from stages.errors import ConfigError
-from stages.pipeline import load_pipeline
+from stages.core.errors import ConfigError
+from stages.engine.pipeline import load_pipeline
 from stages.quantize import sample_prompts, write_sequence_set
 from stages.runtimes import MnnRuntime, OrtRuntime
-from stages.samples import encoder_example
+from stages.sam.samples import encoder_example
 
 PIPELINE = TINY.parent.parent.parent / "pipeline.yaml"
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from stages.__main__ import main
-from stages.compare import BAD, compare_runs, load_regress_config, load_run
+from stages.tools.compare import BAD, compare_runs, load_regress_config, load_run
 
 CFG = load_regress_config()
 
@@ -138,7 +138,7 @@ def test_compare_says_when_machine_classes_differ(tmp_path, capsys):
 
 @pytest.mark.parametrize("spec,match", [("nope", "is not a folder"), ])
 def test_bad_run_spec(spec, match):
-    from stages.errors import PipelineError
+    from stages.core.errors import PipelineError
 
     with pytest.raises(PipelineError, match=match):
         load_run(spec)

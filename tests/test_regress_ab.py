@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT_DIR, copy_build, write_config
-from stages.compare import LatencyGate
-from stages.errors import PipelineError
-from stages.regress import ab_rows, ab_verdict, compare_samples, resolve_base, round_order
+from stages.core.errors import PipelineError
+from stages.tools.compare import LatencyGate
+from stages.tools.regress import ab_rows, ab_verdict, compare_samples, resolve_base, round_order
 
 RNG = np.random.default_rng(0)
 clone_finished: dict[str, str] = {}  # when each stage of the copied build finished

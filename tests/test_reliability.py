@@ -18,9 +18,9 @@ from PIL import Image
 from conftest import ROOT_DIR, statuses, write_config
 from stages.__main__ import main
 from stages.config import load_model_config
-from stages.errors import PipelineError
-from stages.pipeline import Lock, run_pipeline
-from stages.samples import load_images
+from stages.core.errors import PipelineError
+from stages.engine.pipeline import Lock, run_pipeline
+from stages.sam.samples import load_images
 
 
 def _with_fp16(cfg_path: Path) -> Path:

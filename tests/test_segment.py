@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from conftest import ROOT_DIR
-from stages.errors import PipelineError
-from stages.models import build_model
-from stages.samples import photo
-from stages.segment import MnnSamPredictor, read_image
+from stages.core.errors import PipelineError
+from stages.sam.models import build_model
+from stages.sam.samples import photo
+from stages.tools.segment import MnnSamPredictor, read_image
 
 
 def _mnn(tiny_run, component):
@@ -164,7 +164,7 @@ def test_fp32_mask_upsampling_is_sams_postprocessing(hw):
     """upsample_masks (numpy) against SamOnnxModel.mask_postprocessing's two F.interpolate calls in torch."""
     import torch.nn.functional as F
 
-    from stages.preprocess import resized_shape, upsample_masks
+    from stages.sam.preprocess import resized_shape, upsample_masks
 
     low = np.random.default_rng(1).standard_normal((1, 1, 256, 256)).astype(np.float32) * 8
     ph, pw = resized_shape(*hw)
@@ -200,7 +200,7 @@ def test_numpy_resize_is_pils_bilinear_and_preprocess_takes_the_fast_path(hw):
     """The banded resize (MNN-only preprocessing) against PIL on a real photo scaled to odd sizes: at most 1 level
     off on under 1% of pixels when shrinking a photo-shaped image (a 2000x37 strip: 5.6%, as the dense
     matrix formulation it replaced); and the fast NCHW path equals resize-then-normalize."""
-    from stages.preprocess import numpy_resize, pil_resize, preprocess_image, resized_shape
+    from stages.sam.preprocess import numpy_resize, pil_resize, preprocess_image, resized_shape
 
     img = np.asarray(Image.fromarray(photo("coffee")).resize((hw[1], hw[0]), Image.BICUBIC))
     size = resized_shape(*hw)

@@ -1,7 +1,7 @@
 """The emulated ARM64 target: MNN's real aarch64 kernels under QEMU, on the tiny model.
 
 These run the emulation for real (qemu-user-static and an arm64 Debian root with MNN's aarch64 wheel, built by
-stages/arm_env.py); they are skipped, with the reason, only where that cannot be installed (not root, no apt).
+stages/runtimes/arm_env.py); they are skipped, with the reason, only where that cannot be installed (not root, no apt).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT_DIR, killing_worker, statuses, write_config
-from stages import arm_env
 from stages.config import load_model_config
-from stages.errors import ConfigError, PipelineError
-from stages.pipeline import _select, load_pipeline, run_pipeline
-from stages.preprocess import decoder_feeds
-from stages.samples import load_cases, save_cases
-from stages.targets import HOST, Target, feature_flags, parse_target
+from stages.core.errors import ConfigError, PipelineError
+from stages.engine.pipeline import _select, load_pipeline, run_pipeline
+from stages.runtimes import arm_env
+from stages.runtimes.targets import HOST, Target, feature_flags, parse_target
+from stages.sam.preprocess import decoder_feeds
+from stages.sam.samples import load_cases, save_cases
 
 
 def _masks(target: Target, model: Path, feeds: Path, tmp: Path, precision: str) -> tuple[np.ndarray, dict]:

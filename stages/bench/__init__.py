@@ -1,0 +1,152 @@
+"""Stage bench: latency over component x runtime x backend x variant x precision x threads.
+
+The grid comes from configs/sweeps/<sweep>.yaml. Every cell runs in its own child process, so a crash
+fails that cell's row and the sweep goes on, each runtime gets exactly the cell's thread count, and
+peak RSS is the cell's own. A backend that is not there (an execution provider not installed, an MNN
+GPU backend missing from the wheel, which MNN would silently replace by the CPU) is a skipped row.
+A dense fp32 matmul rate measured at each thread count is the roofline every row is compared to.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from stages.bench.cells import BenchInputs, cell_base, grid, samples_of, timed_row, workloads
+from stages.bench.remote import target_rows
+from stages.config import load_sweep
+from stages.core.artifacts import SAMPLES_CSV, artifact_paths, atomic_output, file_sha256, machine
+from stages.core.isolate import run_isolated
+from stages.runtimes import RUNTIMES, OrtRuntime
+from stages.runtimes.ssh import close_all
+from stages.runtimes.targets import HOST, parse_target
+from stages.sam.preprocess import preprocess_image
+from stages.sam.samples import load_images
+
+log = logging.getLogger(__name__)
+
+
+def roofline(ctx, sweep, threads: list[int]) -> dict[int, float]:
+    rates = {}
+    for t in threads:
+        res = run_isolated("matmul_rate", {"threads": t, "n": sweep.roofline.matmul_n,
+                                           "min_seconds": sweep.roofline.min_seconds},
+                           ctx.build / "logs" / f"bench-matmul-t{t}.log", timeout_s=300)
+        rates[t] = res.result.get("gflops", float("nan")) if res.ok else float("nan")
+        log.info("roofline: dense fp32 matmul %d^3 at %d thread(s): %.0f GFLOP/s", sweep.roofline.matmul_n, t, rates[t])
+    return rates
+
+
+def run(ctx) -> list[dict]:
+    sweep = load_sweep(ctx.cfg.bench.sweep)
+    targets = [parse_target(t, "bench.targets") for t in ctx.cfg.bench.targets]
+    (photo_name, photo), = load_images([ctx.cfg.bench.image], ctx.root)
+    paths = artifact_paths(ctx.cells, ctx.cfg.quantize.variants)
+    paths["torch"] = {"encoder": ctx.cfg.source, "decoder": ctx.cfg.source}
+    rows: list[dict] = []
+    samples: list[dict] = []  # every timed run of every ok cell: what the A/B regression gate tests on
+    remote = [t for t in targets if t != HOST]
+    with tempfile.TemporaryDirectory(prefix="bench-") as d:
+        image = preprocess_image(photo)
+        # real embeddings of the photo for the decoder-only cells
+        embeddings = OrtRuntime(paths["onnx-sim"]["encoder"], threads=max(sweep.thread_counts()))\
+            .run({"image": image})["image_embeddings"]
+        inputs = BenchInputs(ctx, sweep, photo_name, photo, image, embeddings, paths, Path(d))
+        # each SSH target times its cells one at a time (a device to itself), the targets in parallel; the host's
+        # own cells run here meanwhile (an SSH target costs the host little: copying files, waiting)
+        pool = ThreadPoolExecutor(max_workers=max(1, len(remote)), thread_name_prefix="bench-target")
+        stop = threading.Event()
+        try:
+            futures = [pool.submit(target_rows, inputs, t, stop) for t in remote]
+            if HOST in targets:
+                _add(rows, samples, host_rows(inputs))
+            for f in futures:
+                _add(rows, samples, f.result())
+        except BaseException:
+            stop.set()  # Ctrl-C: no new remote cell starts; close_all below kills the running ones there
+            raise
+        finally:
+            close_all(remote)
+            pool.shutdown(wait=True, cancel_futures=True)
+            close_all(remote)  # a call a target's thread started while the first close ran (then it is gone too)
+    for r in rows:
+        r["out_h"], r["out_w"] = r.pop("out_size")
+    _speedups(rows)
+    with atomic_output(ctx.reports / SAMPLES_CSV) as tmp:
+        pd.DataFrame(samples, columns=["cell", "points", "out_h", "out_w", "run", "ms"]).to_csv(tmp, index=False)
+    return rows
+
+
+def _add(rows: list[dict], samples: list[dict], more: tuple[list[dict], list[dict]]) -> None:
+    rows.extend(more[0])
+    samples.extend(more[1])
+
+
+def host_rows(inputs: BenchInputs) -> tuple[list[dict], list[dict]]:
+    """Every cell of the sweep on this machine, each in its own child process, against the matmul roofline."""
+    ctx, sweep = inputs.ctx, inputs.sweep
+    threads = sweep.thread_counts()
+    cells = grid(sweep, ctx.cfg.convert.variants, ctx.cfg.quantize.variants)
+    log.info("bench: %d cells from %s on the host, threads %s", len(cells), sweep.source, threads)
+    rates = roofline(ctx, sweep, threads)
+    flags = set(str(machine()["cpu_flags"]).split())
+    feeds = inputs.tmp / "feeds.npz"
+    np.savez(feeds, photo=inputs.photo, image=inputs.image, embeddings=inputs.embeddings)
+    rows: list[dict] = []
+    samples: list[dict] = []
+    unavailable: dict[tuple[str, str], str | None] = {}
+    for cell in tqdm(cells, desc="bench", unit="cell"):
+        loads = workloads(sweep, cell.component, inputs.photo.shape[:2])
+        base, opts, same = cell_base(inputs, cell, flags)
+        if (cell.runtime, cell.backend) not in unavailable:
+            unavailable[(cell.runtime, cell.backend)] = RUNTIMES[cell.runtime].unavailable(cell.backend)
+        art, needed, why = inputs.needed(cell)
+        why = unavailable[(cell.runtime, cell.backend)] or why
+        if why is None and same:
+            why = (f"{same.why} on this machine ({base['compute_note']}); not timed twice (sweep option "
+                   f"identical_settings: run times it)")
+        if why:
+            rows.extend({**base, **w, "status": f"skipped: {why}"} for w in loads)
+            continue
+        res = run_isolated("bench", {
+            "runtime": cell.runtime, "backend": cell.backend, "precision": cell.precision,
+            "threads": cell.threads, "component": cell.component, "workloads": loads,
+            "encoder": str(art["encoder"]), "decoder": str(art["decoder"]), "feeds": str(feeds),
+            "timing": vars(sweep.timing), "root": str(ctx.root), "options": opts,
+        }, ctx.build / "logs" / f"bench-{cell.key.replace('/', '_')}.log", sweep.timeout_s)
+        if not res.ok:
+            log.error("bench %s failed: %s", cell.key, res.why)
+            rows.extend({**base, **w, "status": f"failed: {res.why}"} for w in loads)
+            continue
+        r = res.result
+        if r.get("upsample"):  # what the runtime did: a decoder without low_res_masks runs its own resize
+            base["upsample"] = r["upsample"]
+        sha = ",".join(file_sha256(p)[:16] for p in needed) if cell.runtime != "torch" else ctx.weights
+        # the roofline is the CPU's matmul rate: a GPU cell has none measured, so no fraction of it
+        rate = rates[cell.threads] if base["device"] == "cpu" else float("nan")
+        for w in r["workloads"]:
+            samples.extend(samples_of(base["cell"], w))
+            rows.append(timed_row(ctx, cell, {**base, "roofline": "host matmul" if base["device"] == "cpu" else "none"},
+                                   w, rate, r, sha))
+    return rows, samples
+
+
+def _speedups(rows: list[dict]) -> None:
+    """speedup_vs_torch: PyTorch eager p50 over the cell's p50, same component, workload, threads, kind of
+    device (CPU rows against torch cpu, GPU rows against torch cuda) and target (an SSH target has no PyTorch
+    rows: its rows have none)."""
+    def key(r):
+        return (r["component"], r["points"], r["out_h"], r["out_w"], r["threads"], r.get("device", "cpu"),
+                r.get("target", "host"))
+
+    ref = {key(r): r["p50_ms"] for r in rows if r["runtime"] == "torch" and r["status"].startswith("ok")}
+    for r in rows:
+        t = ref.get(key(r))
+        r["speedup_vs_torch"] = t / r["p50_ms"] if t and r.get("p50_ms") else float("nan")

@@ -1,0 +1,120 @@
+"""The bench's cells on an SSH target: its MNN cells, timed by the runner there (stages/ondevice/mnn_runner.py) with the
+sweep's own stop rule and statistics, on the target's CPU, cores and MNN build.
+
+A target gets the sweep's MNN cells only (PyTorch and onnxruntime cells are the host's). Its backends are the
+ones its MNN opens (the probe runs there); `threads: auto` counts up to its own cores. No matmul roofline is
+measured there: its rows say `roofline: none` and leave matmul_gflops empty. e2e cells are skipped with the
+reason (the preprocessing they time runs in the host's numpy). Every row names the target, its CPU model, core
+count, MNN version and backends: `machine`, `cpu`, `cores` and `machine_class` are the target's.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+from stages.bench.cells import BenchCell, BenchInputs, cell_base, grid, samples_of, timed_row, workloads
+from stages.core.artifacts import file_sha256
+from stages.core.errors import PipelineError
+from stages.runtimes.targets import feature_flags
+from stages.sam.preprocess import bench_prompt, decoder_feeds
+from stages.sam.samples import save_cases
+
+log = logging.getLogger(__name__)
+
+
+def _feeds(inputs: BenchInputs, component: str, loads: list[dict]):
+    """One case per workload: the encoder's image, or the decoder's prompt at each output size."""
+    if component == "encoder":
+        return save_cases(inputs.tmp / "target-encoder.npz", {"w0": {"image": inputs.image}})
+    cases = {}
+    for i, w in enumerate(loads):
+        pts, labels = bench_prompt(w["points"], w["out_size"])
+        cases[f"w{i}"] = decoder_feeds(inputs.embeddings, pts, labels, tuple(w["out_size"]))
+    return save_cases(inputs.tmp / f"target-decoder-{len(loads)}.npz", cases)
+
+
+def about_columns(target, about: dict) -> dict:
+    """The target's identity in a row (these keys take the place of the host's in finish_rows)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", str(about.get("cpu_model", "")).lower()).strip("-") or about.get("machine", "")
+    have = [b for b, why in (about.get("backends") or {}).items() if why is None]
+    return {"target": target.name, "machine": target.name, "cpu": about.get("cpu_model", ""),
+            "cores": about.get("cores", 0), "cpu_flags": about.get("cpu_features", ""),
+            "machine_class": f"{slug}_{about.get('cores', 0)}c_{about.get('machine', '')}",
+            "target_machine": about.get("machine", ""), "target_mnn": about.get("mnn_version", ""),
+            "target_python": about.get("python", ""), "target_backends": " ".join(have)}
+
+
+def target_rows(inputs: BenchInputs, target, stop: threading.Event) -> tuple[list[dict], list[dict]]:
+    """Every MNN cell of the sweep on `target`, one at a time; a fault fails that cell and the next one runs."""
+    ctx, sweep = inputs.ctx, inputs.sweep
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "-", target.name)
+    try:
+        about = target.probe(ctx.build / "logs" / f"bench-probe-{slug}.log")
+        down = None
+    except PipelineError as e:
+        log.error("bench: target %s: %s", target.name, e)
+        about, down = {"cores": 0}, str(e)
+    threads = sweep.thread_counts(about.get("cores") or None)
+    cells = [c for c in grid(sweep, ctx.cfg.convert.variants, ctx.cfg.quantize.variants, threads) if c.runtime == "mnn"]
+    log.info("bench: %d MNN cells on %s (%s, %s cores, MNN %s), threads %s", len(cells), target.name,
+             about.get("cpu_model", "?"), about.get("cores", "?"), about.get("mnn_version", "?"), threads)
+    ident = about_columns(target, about)
+    flags = feature_flags(about.get("cpu_features", ""))
+    rows: list[dict] = []
+    samples: list[dict] = []
+    for cell in cells:
+        loads = workloads(sweep, cell.component, inputs.photo.shape[:2])
+        base, opts, same = cell_base(inputs, cell, flags, target.name)
+        base.update(ident, roofline="none", matmul_gflops=float("nan"), roofline_frac=float("nan"))
+        art, needed, why = inputs.needed(cell)
+        why = down or _unavailable(cell, about, target) or why
+        if why is None and same:
+            why = (f"{same.why} on {target.name} ({base['compute_note']}); not timed twice (sweep option "
+                   f"identical_settings: run times it)")
+        if why is None and stop.is_set():
+            why = "the run was interrupted before this cell"
+        if why:
+            rows.extend({**base, **w, "status": f"{'failed' if down else 'skipped'}: {why}"} for w in loads)
+            continue
+        rows_, samples_ = _time_cell(inputs, target, cell, base, opts, loads, needed)
+        rows.extend(rows_)
+        samples.extend(samples_)
+    return rows, samples
+
+
+def _unavailable(cell: BenchCell, about: dict, target) -> str | None:
+    if cell.component == "e2e":
+        return (f"e2e times the host's numpy preprocessing with the encoder and decoder; on {target.name} the "
+                f"encoder and decoder rows are timed apart")
+    why = (about.get("backends") or {}).get(cell.backend, f"MNN backend {cell.backend} was not probed")
+    return f"{why} on {target.name}" if why else None
+
+
+def _time_cell(inputs: BenchInputs, target, cell: BenchCell, base: dict, opts: dict, loads: list[dict],
+               needed) -> tuple[list[dict], list[dict]]:
+    ctx, sweep = inputs.ctx, inputs.sweep
+    settings = {"threads": cell.threads, "precision": cell.precision, "backend": cell.backend,
+                **{k: v for k, v in opts.items() if k != "upsample"}}
+    if cell.component == "decoder":
+        settings["upsample"] = opts.get("upsample", "fp32")  # MNN's default here, as on the host (masks_made)
+    log_file = ctx.build / "logs" / f"bench-{re.sub(r'[^A-Za-z0-9.-]+', '-', target.name)}-{cell.key.replace('/', '_')}.log"
+    res = target.run({"model": str(needed[0]), "feeds": str(_feeds(inputs, cell.component, loads)),
+                      "settings": settings, "timing": vars(sweep.timing)}, log_file, sweep.timeout_s)
+    if res.ok and res.result.get("nonfinite_outputs"):
+        res.ok, res.error = False, f"outputs {', '.join(res.result['nonfinite_outputs'])} hold NaN or Inf"
+    if not res.ok:
+        log.error("bench %s on %s failed: %s", cell.key, target.name, res.why)
+        return [{**base, **w, "status": f"failed: {res.why}"} for w in loads], []
+    r = res.result
+    if cell.component == "decoder":
+        base["upsample"] = r.get("upsample", base["upsample"])
+    sha = ",".join(file_sha256(p)[:16] for p in needed)
+    rows, samples = [], []
+    for w, t in zip(loads, r["timings"], strict=True):
+        w = {**w, **t}
+        samples.extend(samples_of(base["cell"], w))
+        rows.append(timed_row(ctx, cell, base, w, float("nan"), r, sha))
+    return rows, samples
+

@@ -1,0 +1,406 @@
+"""Run an MNN model on a target: the one piece of this project that runs on the device (or its emulation).
+
+Needs only the standard library, numpy and MNN, so it runs wherever a phone-class Python has those: the
+host, the emulated ARM64 target (QEMU user mode, stages/runtimes/targets.py), later a board over SSH. The host's
+MnnRuntime loads and runs models through MnnModel below, so every MNN number comes from the same code.
+
+    python mnn_runner.py REQUEST.json
+
+REQUEST: {} (a probe: only what the target is), {"backends": [names]} (which MNN backends open there), or
+          {"model": path, "feeds": .npz with "case::input" keys, "out": .npz to write ("case::output"; optional
+          when timing), "settings": {"threads", "precision", "backend", "memory", "power", "shape_mutable",
+          "rearrange", "upsample"}, "timing": {"warmup", "min_runs", "min_seconds", "max_seconds"} (optional: the
+          bench's stop rule, applied to each case), "result_file": .json to write}
+RESULT:  {"mnn_version", "machine", "cpu_features" (what MNN reports about the CPU it runs on), "cpu_model", "cores",
+          "python", "inputs", "outputs", "load_seconds", "run_seconds": [one per case], "cases", "timings": [one per
+          case, with timing], "peak_rss_mb", "os_threads"} or {"error": "..."}
+Every case runs in the order given; a crash (segfault) leaves no result file and the caller reports the exit.
+A target gets this file and stages/ondevice/timing.py (stdlib only) side by side, and nothing else of the project.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __name__ == "__main__":  # on a target: one BLAS thread, set before numpy loads it (see single_threaded_blas)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+# pymnn's runtime config (getScheduleConfig in pymnn/src/util.h, MNN 3.6.1) takes integers: the backend as
+# MNN's forward type (its strings must be upper case: "OpenCL" raises "backend not support" even in builds
+# that have OpenCL), precision 0-3, and memory / power 0-2 (a string there is silently ignored). So the
+# project's names are mapped to those integers here, and only here.
+MNN_PRECISIONS = {"normal": 0, "high": 1, "low": 2, "Low_BF16": 3}
+MNN_BACKENDS = {"CPU": 0, "Metal": 1, "CUDA": 2, "OpenCL": 3, "OpenGL": 6, "Vulkan": 7, "NN": 5}
+MNN_MODES = {"normal": 0, "high": 1, "low": 2}  # memory and power
+CASE_SEP = "::"
+FEATURES_PREFIX = "The device supports:"
+UPSAMPLE = ("graph", "fp32")  # where a SAM decoder's masks are made: its in-graph resize, or here in fp32 numpy
+IMAGE_SIZE = 1024  # SAM's input side
+
+
+def resized_shape(h: int, w: int, target: int = IMAGE_SIZE) -> tuple[int, int]:
+    """(new_h, new_w) with the longest side scaled to `target`, rounded as SAM rounds."""
+    scale = target / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of torch's F.interpolate(mode="bilinear", align_corners=False) along one axis:
+    source position (i + 0.5) * n_in / n_out - 0.5, clamped at 0; two taps; no antialiasing."""
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = src - i0
+    m = np.zeros((n_out, n_in), np.float32)
+    np.add.at(m, (np.arange(n_out), i0), (1.0 - w1).astype(np.float32))
+    np.add.at(m, (np.arange(n_out), i1), w1.astype(np.float32))
+    return m
+
+
+def _blocks(m: np.ndarray, chunk: int = 64) -> list[tuple[int, int, int, int, np.ndarray]]:
+    """A sparse [n_out, n_in] matrix as blocks of `chunk` rows over only the columns they use."""
+    out = []
+    for j0 in range(0, m.shape[0], chunk):
+        rows = m[j0 : j0 + chunk]
+        nz = np.flatnonzero(rows.any(axis=0))
+        out.append((j0, j0 + len(rows), int(nz[0]), int(nz[-1]) + 1, np.ascontiguousarray(rows[:, nz[0] : nz[-1] + 1])))
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _upsample_blocks(h: int, w: int, lh: int, lw: int, target: int) -> tuple[list, list]:
+    """Row and column blocks of SAM's two bilinear steps (to target, crop, to h x w) as one matrix per axis."""
+    ph, pw = resized_shape(h, w, target)
+    rows = _bilinear_matrix(ph, h) @ _bilinear_matrix(lh, target)[:ph]  # [h, lh]: both steps, one matrix
+    cols = _bilinear_matrix(pw, w) @ _bilinear_matrix(lw, target)[:pw]  # [w, lw]
+    return _blocks(rows), _blocks(cols)
+
+
+def upsample_masks(low_res: np.ndarray, orig_hw, target: int = IMAGE_SIZE) -> np.ndarray:
+    """SAM's mask postprocessing in fp32 numpy (SamOnnxModel.mask_postprocessing without torch): low_res_masks
+    [..., 256, 256] -> bilinear to target x target, crop the padding, bilinear to the original size. Both steps
+    per axis are one matrix, applied in blocks over the few inputs each output reaches (about 2 ms for
+    1200x1800 on 2 cores; the dense product took 16-25 ms). Used where the decoder's in-graph resize is slow or
+    cannot be trusted (MNN computes it in fp16 at precision low on ARM)."""
+    h, w = (int(v) for v in np.asarray(orig_hw).ravel()[:2])
+    row_blocks, col_blocks = _upsample_blocks(h, w, *low_res.shape[-2:], target)
+    x = low_res.astype(np.float32, copy=False)
+    y = np.empty((*x.shape[:-1], w), np.float32)
+    for j0, j1, lo, hi, m in col_blocks:
+        y[..., j0:j1] = x[..., lo:hi] @ m.T
+    out = np.empty((*x.shape[:-2], h, w), np.float32)
+    for j0, j1, lo, hi, m in row_blocks:
+        out[..., j0:j1, :] = m @ y[..., lo:hi, :]
+    return out
+
+
+class RunnerError(Exception):
+    """A request MNN cannot serve (bad setting, missing or foreign model file): a message, not a crash."""
+
+
+def mnn_schedule(backend: str, threads: int, precision: str, memory: str = "normal", power: str = "normal") -> dict:
+    """The runtime config MNN reads, with every setting as the integer MNN understands."""
+    return {"backend": MNN_BACKENDS[backend], "numThread": threads, "precision": MNN_PRECISIONS[precision],
+            "memory": MNN_MODES[memory], "power": MNN_MODES[power]}
+
+
+def _flush_c_stdio() -> None:
+    """Flush C's stdio buffers: where stdout is a pipe (an SSH session), printf's lines sit in a buffer and
+    would reach the file descriptor only after it has been put back."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def captured_stdout(into: list[str]):
+    """Capture what native code prints on file descriptor 1 (MNN prints the CPU features with printf),
+    echo it to the real stdout afterwards (the caller's log keeps it), and add its lines to `into`."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            _flush_c_stdio()
+            os.dup2(saved, 1)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            into.extend(text.splitlines())
+
+
+_FEATURES: list[str] = []
+
+
+def import_mnn():
+    """Import MNN, keeping the CPU-feature line it prints at import ("The device supports: i8sdot:1, fp16:1,
+    i8mm: 1, sve2: 1, sme2: 0"): what MNN picks its kernels by on this CPU."""
+    if "MNN" not in sys.modules:
+        with captured_stdout(_FEATURES):
+            import MNN  # noqa: F401
+    import MNN
+
+    return MNN
+
+
+def cpu_features() -> str:
+    """MNN's own account of this CPU, e.g. "i8sdot:1 fp16:1 i8mm:1 sve2:1 sme2:0" ('' if it printed none)."""
+    import_mnn()
+    for line in _FEATURES:
+        if line.startswith(FEATURES_PREFIX):
+            return " ".join(p.replace(" ", "") for p in line[len(FEATURES_PREFIX):].split(",") if p.strip())
+    return ""
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # a target: this file ran as a script, which set OPENBLAS_NUM_THREADS=1 before numpy loaded
+        return None
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """numpy's OpenBLAS threads busy-wait after each call and take the cores MNN's own threads need: vit_t's
+    decoder with its masks upsampled in numpy (2 ms of BLAS) ran 2x slower than without, in a loop, until that
+    BLAS work ran on one thread (same 2 ms: the blocks are small). Limited only around the runner's own numpy
+    work, so the caller's numpy (preprocessing) keeps its threads."""
+    ctl = _blas_controller()
+    if ctl is None:
+        yield
+        return
+    with ctl.limit(limits=1, user_api="blas"):
+        yield
+
+
+class MnnModel:
+    """An MNN model loaded with one runtime config; run(feeds) -> outputs, all float32 NCHW."""
+
+    def __init__(self, path, threads: int = 1, precision: str = "normal", backend: str = "CPU",
+                 memory: str = "normal", power: str = "normal", shape_mutable: bool = True, rearrange: bool = False,
+                 upsample: str = "graph"):
+        """upsample (a SAM decoder only): "graph" runs the whole decoder; "fp32" loads it without the resize of
+        its masks to orig_im_size (the module stops at low_res_masks and iou_predictions) and makes `masks`
+        here with upsample_masks, in fp32, whatever precision MNN computes in."""
+        mnn = import_mnn()
+        import MNN.expr as F
+        import MNN.nn as nn
+
+        for what, value, known in (("precision", precision, MNN_PRECISIONS), ("backend", backend, MNN_BACKENDS),
+                                   ("memory", memory, MNN_MODES), ("power", power, MNN_MODES),
+                                   ("upsample", upsample, UPSAMPLE)):
+            if value not in known:  # MNN would ignore or misread it without a word: refuse it here
+                raise RunnerError(f"MNN {what} {value!r} is not one of {', '.join(known)}")
+        if not Path(path).is_file():
+            raise RunnerError(f"MNN model {path} does not exist")
+        self.version = mnn.version()
+        self._F = F
+        self.path = Path(path)
+        self.settings = {"backend": backend, "precision": precision, "memory": memory, "power": power}
+        self.upsample, self.upsample_seconds = upsample, 0.0
+        try:
+            self.runtime_manager = nn.create_runtime_manager((mnn_schedule(backend, threads, precision, memory, power),))
+        except Exception as e:
+            raise RunnerError(f"MNN could not open backend {backend} ({e.__cause__ or e})") from None
+        self.module = self._load(nn, [], [], shape_mutable, rearrange)
+        info = self.module.get_info()
+        self.input_names = list(info["inputNames"])
+        self.output_names = list(info["outputNames"])
+        self._inputs, self._outputs = self.input_names, self.output_names
+        if upsample == "fp32" and not ({"masks", "low_res_masks"} <= set(self.output_names)
+                                       and "orig_im_size" in self.input_names):
+            # not a SAM decoder, or one without low_res_masks (MNN's full-int8 decoder): it runs whole, and its
+            # `upsample` says so (a caller checking the interface names what the file is)
+            self.upsample = "graph"
+        self.settings["upsample"] = self.upsample
+        if self.upsample == "fp32":
+            self._inputs = [n for n in self.input_names if n != "orig_im_size"]
+            self._outputs = [n for n in self.output_names if n != "masks"]
+            self.module = self._load(nn, self._inputs, self._outputs, shape_mutable, rearrange)
+
+    def _load(self, nn, inputs: list[str], outputs: list[str], shape_mutable: bool, rearrange: bool):
+        """The module from `inputs` to `outputs` ([] and []: the whole graph); MNN computes only what they need."""
+        try:
+            module = nn.load_module_from_file(str(self.path), inputs, outputs, runtime_manager=self.runtime_manager,
+                                              shape_mutable=shape_mutable, rearrange=rearrange)
+        except Exception:  # MNN raises SystemError for a truncated or foreign file
+            module = None
+        if module is None:
+            raise RunnerError(f"MNN cannot load {self.path} (not an MNN model, or truncated)")
+        return module
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        F = self._F
+        inputs = [F.const(np.ascontiguousarray(feeds[n], dtype=np.float32), list(feeds[n].shape), F.NCHW)
+                  for n in self._inputs]
+        outs = self.module.forward(inputs)
+        result = {}
+        for name, var in zip(self._outputs, outs, strict=True):
+            if var.data_format == F.NC4HW4:
+                var = F.convert(var, F.NCHW)
+            result[name] = np.array(var.read(), copy=True)
+        if self._outputs is not self.output_names:  # upsample fp32: the masks, made here
+            t0 = time.perf_counter()
+            with single_threaded_blas():
+                result["masks"] = upsample_masks(result["low_res_masks"], feeds["orig_im_size"])
+            self.upsample_seconds = time.perf_counter() - t0
+        return {n: result[n] for n in self.output_names}
+
+
+def _cases(path: str) -> dict[str, dict[str, np.ndarray]]:
+    data = np.load(path)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key in data.files:
+        case, name = key.rsplit(CASE_SEP, 1)
+        out.setdefault(case, {})[name] = data[key]
+    return out
+
+
+def cpu_model() -> str:
+    """The CPU's name as the kernel reports it (x86 "model name", ARM "Hardware" / "Model" or the part number)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    for key in ("model name", "Model", "Hardware", "cpu model"):
+        if fields.get(key):
+            return fields[key]
+    if fields.get("CPU part"):
+        return f"ARM implementer {fields.get('CPU implementer', '?')} part {fields['CPU part']}"
+    return platform.processor() or platform.machine()
+
+
+def about() -> dict:
+    """What the target is: MNN's version, the machine, its CPU and cores, and the CPU features MNN reports."""
+    mnn = import_mnn()
+    return {"mnn_version": mnn.version(), "machine": platform.machine(), "cpu_features": cpu_features(),
+            "cpu_model": cpu_model(), "cores": os.cpu_count() or 0,
+            "python": platform.python_version(), "numpy_version": np.__version__}
+
+
+def backends(names: list[str]) -> dict[str, str | None]:
+    """name -> None when MNN opens that backend here, else why not. MNN either raises or prints "Can't Find
+    type=N backend, use 0 instead" and silently runs on the CPU: both mean unavailable."""
+    import MNN.nn as nn
+
+    import_mnn()
+    out: dict[str, str | None] = {}
+    for name in names:
+        if name == "CPU":
+            out[name] = None
+            continue
+        if name not in MNN_BACKENDS:
+            out[name] = f"MNN knows no backend {name!r}"
+            continue
+        said: list[str] = []
+        try:
+            with captured_stdout(said):
+                nn.create_runtime_manager((mnn_schedule(name, 1, "normal"),))
+        except Exception as e:
+            out[name] = f"MNN backend {name} is not available: {e}"
+            continue
+        fell_back = any("Can't Find type=" in line for line in said)
+        out[name] = f"MNN backend {name} is not in this MNN build (MNN falls back to the CPU)" if fell_back else None
+    return out
+
+
+def process_stats() -> dict:
+    """Peak resident memory (VmHWM: getrusage's ru_maxrss carries the forking parent's over exec) and the
+    number of OS threads of this process."""
+    stats = {"peak_rss_mb": float("nan"), "os_threads": 0}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                stats["peak_rss_mb"] = int(line.split()[1]) / 1024
+            elif line.startswith("Threads:"):
+                stats["os_threads"] = int(line.split()[1])
+    except OSError:
+        pass
+    return stats
+
+
+def _stop_rule(spec: dict):
+    """The bench's stop rule, from stages/ondevice/timing.py: beside this file on a target (imported only when timing:
+    its `statistics` import costs seconds under QEMU), or the project's own on the host."""
+    try:
+        import timing
+    except ImportError:
+        from stages.ondevice import timing
+
+        sys.modules["timing"] = timing
+    return timing.StopRule(**spec)
+
+
+def serve(req: dict) -> dict:
+    """Load the model once and run every case; write the outputs; return what ran and where. A request
+    without a model is a probe: only what the target is."""
+    if "backends" in req:
+        return {**about(), "backends": backends(req["backends"])}
+    if "model" not in req:
+        return about()
+    print(f"mnn_runner: {platform.machine()} python {platform.python_version()}: {req['model']} "
+          f"{json.dumps(req.get('settings', {}))}", flush=True)
+    t0 = time.perf_counter()
+    model = MnnModel(req["model"], **req.get("settings", {}))
+    load_seconds = time.perf_counter() - t0
+    outs, times, timings = {}, [], []
+    cases = _cases(req["feeds"])
+    rule = _stop_rule(req["timing"]) if req.get("timing") else None
+    for case, feeds in cases.items():
+        t0 = time.perf_counter()
+        for name, value in model.run(feeds).items():
+            outs[f"{case}{CASE_SEP}{name}"] = value
+        times.append(time.perf_counter() - t0)
+        if rule is not None:  # the bench's stop rule, after the run above (which also checked the outputs)
+            from timing import measure, summarize  # importable once _stop_rule ran
+
+            timing = measure(lambda feeds=feeds: model.run(feeds), rule)
+            timings.append({**summarize(timing.samples_s), "first_run_ms": times[-1] * 1000, "valid": timing.valid,
+                            "samples_ms": [round(x * 1000, 4) for x in timing.samples_s]})
+    bad = sorted({k.rsplit(CASE_SEP, 1)[1] for k, v in outs.items() if not np.all(np.isfinite(v))})
+    if req.get("out"):
+        np.savez(req["out"], **outs)
+    return {**about(), "inputs": model.input_names, "upsample": model.upsample, "nonfinite_outputs": bad,
+            "outputs": model.output_names, "load_seconds": load_seconds, "run_seconds": times, "cases": len(cases),
+            "timings": timings, "upsample_seconds": model.upsample_seconds, **process_stats()}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: mnn_runner.py REQUEST.json", file=sys.stderr)
+        return 2
+    req = json.loads(Path(argv[0]).read_text())
+    try:
+        result = serve(req)
+    except RunnerError as e:
+        result = {"error": str(e)}
+    Path(req["result_file"]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

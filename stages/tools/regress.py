@@ -1,0 +1,281 @@
+"""The regression gate: latency A/B against a base git ref on this machine in one run; accuracy against the
+committed parity baseline.
+
+Latencies differ between machines (and between a machine's runs) in ways no code change explains, so they are
+never compared with numbers from another machine. Instead, as asv's `continuous` does, the base ref is checked
+out in a git worktree (build/<model>/regress-base/<sha>), built by its own code (seeded with this tree's build
+the first time, so stages whose hashes are equal are not rebuilt), and both sides run their own bench stage
+with the same sweep file, alternating in rounds (base, new, new, base, ...) so that drift hits both alike.
+Each cell's timed runs are pooled per side; a cell is a regression only when the new median is slower than
+the base's by more than `latency.factor` *and* a one-sided Mann-Whitney U test says the new side is slower
+with at least `latency.confidence`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.core.artifacts import SAMPLES_CSV, write_csv
+from stages.core.errors import PipelineError
+from stages.tools.compare import LAT_KEY, _key
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Side:
+    """One side of the A/B: the source tree whose code runs, and the root its build and reports live in."""
+
+    name: str
+    tree: Path
+    root: Path
+
+    def reports(self, model: str) -> Path:
+        return self.root / "reports" / model
+
+
+@dataclass
+class BaseRef:
+    sha: str
+    how: str  # how it was chosen, for the report header
+
+
+@dataclass
+class AbResult:
+    table: pd.DataFrame  # one row per cell: medians, ratio, p-value, confidence, verdict
+    order: list[str] = field(default_factory=list)  # the sides in the order they were timed
+    machine_class: str = ""
+
+
+def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+
+
+def resolve_base(repo: Path, ref: str | None) -> BaseRef:
+    """The base commit: `ref` when given; else the merge-base of HEAD and main; else HEAD~1 (HEAD is main)."""
+    if git(repo, "rev-parse", "--git-dir").returncode:
+        raise PipelineError(f"{repo} is not a git checkout: the A/B regression gate builds its base side from a "
+                            f"git ref (clone the repository instead of copying it)")
+    if ref:
+        r = git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+        if r.returncode:
+            raise PipelineError(f"base ref {ref!r} is not a commit in {repo}: name a branch, tag or commit "
+                                f"(BASE=main, BASE=HEAD~1, BASE=<sha>) or fix `base:` in configs/regress.yaml")
+        return BaseRef(r.stdout.strip(), f"{ref}")
+    head = git(repo, "rev-parse", "HEAD").stdout.strip()
+    for main in ("main", "origin/main"):
+        mb = git(repo, "merge-base", "HEAD", main)
+        if mb.returncode == 0 and mb.stdout.strip() != head:
+            return BaseRef(mb.stdout.strip(), f"the merge-base of HEAD and {main}")
+    if uncommitted(repo):  # on main's tip with edits: the edits are what is new
+        return BaseRef(head, "HEAD (the uncommitted changes are the new side)")
+    parent = git(repo, "rev-parse", "--verify", "--quiet", "HEAD~1^{commit}")
+    if parent.returncode:  # a shallow clone: the A/B still runs, as a check of the noise
+        log.warning("regress: HEAD has no parent in this clone; the A/B compares HEAD with itself")
+        return BaseRef(head, "HEAD itself (no earlier commit in this clone): a noise check")
+    return BaseRef(parent.stdout.strip(), "HEAD~1 (HEAD is on main)")
+
+
+def uncommitted(repo: Path) -> list[str]:
+    """Tracked files changed and untracked files not ignored: the new side is the tree as it is."""
+    out = git(repo, "status", "--porcelain", "--untracked-files=normal").stdout
+    return [line[3:] for line in out.splitlines() if line.strip()]
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # hard links are safe: every stage writes its outputs to a temp name and renames it over the old one
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def prepare_base(repo: Path, base: BaseRef, new: Side, model: str) -> Side:
+    """A worktree of the base ref under build/<model>/regress-base/<sha>; on first use it is seeded with the new
+    side's build and reports, so the base's own runner re-runs only the stages whose hashes differ."""
+    dest = new.root / "build" / model / "regress-base" / base.sha[:12]
+    if not (dest / ".git").exists():
+        git(repo, "worktree", "prune")
+        shutil.rmtree(dest, ignore_errors=True)
+        r = git(repo, "worktree", "add", "--detach", "--force", str(dest), base.sha)
+        if r.returncode:
+            raise PipelineError(f"could not check out base {base.sha[:12]} into {dest}: {r.stderr.strip()}")
+    side = Side("base", dest, dest)
+    if not (dest / "build" / model / "pipeline.lock.json").exists():
+        # logs are rewritten in place (not renamed over): the base side gets its own
+        skip = shutil.ignore_patterns("regress-base", "regress", ".run.lock", "logs")
+        for sub in (Path("build") / model, Path("reports") / model):
+            if (new.root / sub).is_dir():
+                shutil.rmtree(dest / sub, ignore_errors=True)
+                shutil.copytree(new.root / sub, dest / sub, ignore=skip, copy_function=_link_or_copy)
+        log.info("regress: base worktree %s seeded with this tree's build (stages with equal hashes are reused)", dest)
+    if (new.root / "weights").is_dir() and not (dest / "weights").exists():
+        (dest / "weights").symlink_to((new.root / "weights").resolve())
+    return side
+
+
+def run_side(side: Side, model: str, sweep: str | Path, stages: list[str], log_file: Path, force: bool = False) -> None:
+    """`python -m stages run` with the side's own code (its tree first on sys.path, its tree as cwd)."""
+    cmd = [sys.executable, "-m", "stages", "run", "--model", model, "--root", str(side.root), "--sweep", str(sweep),
+           *stages, *(["--single", "--force"] if force else [])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(side.tree), os.environ.get("PYTHONPATH", "")])}
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        rc = subprocess.run(cmd, cwd=side.tree, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    if rc:
+        tail = " | ".join(log_file.read_text(errors="replace").strip().splitlines()[-6:])
+        raise PipelineError(f"{side.name} side ({side.tree}) failed running {' '.join(stages)} (exit {rc}); "
+                            f"log {log_file}: {tail}")
+
+
+def round_order(rounds: int) -> list[str]:
+    """new base, base new, new base, ...: each side goes first equally often, so drift hits both alike. The
+    first `new` is the bench of the new side's own full run, which has just finished."""
+    return [s for r in range(rounds) for s in (("new", "base") if r % 2 == 0 else ("base", "new"))]
+
+
+def _latency(reports: Path) -> pd.DataFrame:
+    lat = pd.read_csv(reports / "latency.csv")
+    return lat if "mode" in lat.columns else lat.assign(mode="default")  # from before sweep modes existed
+
+
+def samples_of(lat: pd.DataFrame, reports: Path) -> pd.DataFrame:
+    """One row per timed run of the ok cells of `lat` (reports/latency.csv): LAT_KEY columns and ms. Without
+    latency_samples.csv (a base from before it existed), each ok cell's p50 stands for one sample."""
+    ok = lat[lat["status"].astype(str).str.startswith("ok")]
+    path = reports / SAMPLES_CSV
+    if not path.exists():
+        return ok[LAT_KEY].assign(ms=ok["p50_ms"], per_run=False)
+    runs = pd.read_csv(path)
+    keyed = ok[["cell", "points", "out_h", "out_w", *[k for k in LAT_KEY if k not in ("points", "out_h", "out_w")]]]
+    return runs.merge(keyed, on=["cell", "points", "out_h", "out_w"])[[*LAT_KEY, "ms"]].assign(per_run=True)
+
+
+def status_of(lat: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(_keys(lat), lat["status"].astype(str), strict=True))
+
+
+def _keys(df: pd.DataFrame) -> pd.Series:
+    return _key(df, LAT_KEY, set())
+
+
+def ab_verdict(base_ms: np.ndarray, new_ms: np.ndarray, factor: float, confidence: float) -> dict:
+    """Medians, their ratio, and the one-sided Mann-Whitney U p-values; worse only past the factor and the noise."""
+    from scipy.stats import mannwhitneyu
+
+    mb, mn = float(np.median(base_ms)), float(np.median(new_ms))
+    ratio = mn / mb
+    if len(base_ms) >= 2 and len(new_ms) >= 2:
+        p_slower = float(mannwhitneyu(new_ms, base_ms, alternative="greater").pvalue)
+        p_faster = float(mannwhitneyu(new_ms, base_ms, alternative="less").pvalue)
+    else:
+        p_slower = p_faster = 1.0
+    alpha = 1.0 - confidence
+    verdict = ("worse" if ratio > factor and p_slower < alpha else
+               "better" if ratio < 1 / factor and p_faster < alpha else "same")
+    return {"base_p50_ms": mb, "new_p50_ms": mn, "ratio": ratio, "p_slower": p_slower,
+            "confidence_slower": 1.0 - p_slower, "base_runs": len(base_ms), "new_runs": len(new_ms),
+            "verdict": verdict}
+
+
+def compare_samples(base: pd.DataFrame, new: pd.DataFrame, base_status: dict[str, str], new_status: dict[str, str],
+                    factor: float, confidence: float) -> pd.DataFrame:
+    """One row per cell timed on either side."""
+    base, new = base.assign(key=_keys(base)), new.assign(key=_keys(new))
+    rows = []
+    for key in dict.fromkeys([*base["key"], *new["key"]]):
+        b, n = base[base["key"] == key], new[new["key"] == key]
+        row = {"cell": key, **{k: (b if len(b) else n).iloc[0][k] for k in LAT_KEY}}
+        if not len(n):
+            st = new_status.get(key, "absent")
+            verdict = ("newly failing" if st.startswith("failed") else
+                       "not run in b" if st.startswith("skipped") else "missing in b")  # skipped: the row says why
+            rows.append({**row, "base_p50_ms": float(b["ms"].median()), "status": st, "verdict": verdict})
+            continue
+        if not len(b):
+            rows.append({**row, "new_p50_ms": float(n["ms"].median()), "status": base_status.get(key, "absent"),
+                         "verdict": "new in b"})
+            continue
+        res = ab_verdict(b["ms"].to_numpy(), n["ms"].to_numpy(), factor, confidence)
+        per_run = bool(b["per_run"].all() and n["per_run"].all())
+        rows.append({**row, **res, "status": "ok", "samples": "every timed run" if per_run else
+                     "one p50 per round (the base side has no latency_samples.csv)"})
+    return pd.DataFrame(rows)
+
+
+def ab_latency(new: Side, base: Side, model: str, sweep: tuple[str, Path], gate, name: str,
+               new_bench_fresh: bool = False) -> AbResult:
+    """Build the base side's artifacts, then time both sides' bench stages in alternating rounds and test.
+    `model` is what `--model` gets on both sides (a name, or an absolute config path); `name` the config's name;
+    `sweep`: how the new side names its sweep (as its own run did, so its cache stays valid) and that sweep's
+    file, which the base side gets (both sides time the same sweep). new_bench_fresh: the new side's bench ran
+    just before (its full run): it is the first round instead of a run of its own."""
+    from stages.core.artifacts import machine
+
+    out = new.reports(name) / "regress"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    logs = new.root / "build" / name / "logs" / "regress.log"
+    logs.unlink(missing_ok=True)
+    base_stages = [s for s in _stage_names(base.tree) if s not in ("bench", "parity", "profile", "report")]
+    log.info("regress: building the base side's artifacts (%s) in %s", ", ".join(base_stages), base.tree)
+    new_sweep, base_sweep = sweep
+    run_side(base, model, base_sweep, base_stages, logs)
+    pooled: dict[str, list[pd.DataFrame]] = {"base": [], "new": []}
+    last: dict[str, pd.DataFrame] = {}  # each side's latency.csv of its last round: the cells' statuses
+    order = round_order(gate.rounds)
+    for i, which in enumerate(order):
+        side, rnd = (base if which == "base" else new), i // 2 + 1
+        if i == 0 and new_bench_fresh and (new.reports(name) / SAMPLES_CSV).exists():
+            log.info("regress: round 1/%d, new side: the bench of its full run", gate.rounds)
+        else:
+            log.info("regress: round %d/%d, %s side: bench", rnd, gate.rounds, which)
+            # a base from before latency_samples.csv existed must not be read with a copied one
+            (side.reports(name) / SAMPLES_CSV).unlink(missing_ok=True)
+            run_side(side, model, base_sweep if which == "base" else new_sweep, ["bench"], logs, force=True)
+        reports = side.reports(name)
+        shutil.copy2(reports / "latency.csv", out / f"{which}-{rnd}-latency.csv")
+        if (reports / SAMPLES_CSV).exists():
+            shutil.copy2(reports / SAMPLES_CSV, out / f"{which}-{rnd}-{SAMPLES_CSV}")
+        lat = _latency(reports)
+        pooled[which].append(samples_of(lat, reports).assign(round=rnd))
+        last[which] = lat
+    table = compare_samples(pd.concat(pooled["base"]), pd.concat(pooled["new"]), status_of(last["base"]),
+                            status_of(last["new"]), gate.factor, gate.confidence)
+    write_csv(out / "ab.csv", table.to_dict("records"))
+    return AbResult(table, order, str(machine()["machine_class"]))
+
+
+def ab_rows(table: pd.DataFrame, gate) -> pd.DataFrame:
+    """The A/B table in the comparison format of compare.py (kind, cell, metric, a, b, allowed, verdict, note)."""
+    rows = []
+    for r in table.to_dict("records"):
+        ok = r["status"] == "ok" and "ratio" in r and pd.notna(r.get("ratio"))
+        rows.append({"kind": "latency", "cell": r["cell"], "metric": "median ms, A/B",
+                     "a": r.get("base_p50_ms"), "b": r.get("new_p50_ms"),
+                     "allowed": f"<= x{gate.factor} or not slower at {gate.confidence:.0%} confidence" if ok else None,
+                     "verdict": r["verdict"], "confidence": r.get("confidence_slower") if ok else None,
+                     "note": (f"x{r['ratio']:.2f}; {r['confidence_slower']:.1%} confident slower "
+                              f"(Mann-Whitney U, {r['base_runs']:.0f} vs {r['new_runs']:.0f} runs, {r['samples']})")
+                     if ok else r["status"]})
+    return pd.DataFrame(rows)
+
+
+def _stage_names(tree: Path) -> list[str]:
+    import yaml
+
+    stages = yaml.safe_load((tree / "pipeline.yaml").read_text())["stages"]
+    return [name for name, spec in stages.items() if not spec.get("on_demand")]  # never part of a plain run
