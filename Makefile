@@ -80,6 +80,7 @@ report: install
 
 lint: install
 	$(PY) -m ruff check stages tests
+	$(VENV)/bin/lint-imports
 
 status: install
 	$(RUN) status --model $(MODEL)

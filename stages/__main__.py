@@ -45,18 +45,18 @@ def _load(args):
         load_sweep(args.sweep)  # a bad name fails here, naming the known sweeps
         cfg.bench.sweep = args.sweep
     if getattr(args, "target", None):
-        from stages.config import BenchConfig
+        from stages.config import BenchConfig, error_text
 
         targets = [t for arg in args.target for t in arg.replace(",", " ").split()]
         try:
             cfg.bench = BenchConfig(cfg.bench.sweep, cfg.bench.image, targets)
         except ValueError as e:
-            raise PipelineError(f"--target: {e}") from None
+            raise PipelineError(f"--target: {error_text(e, BenchConfig)}") from None
     return cfg
 
 
 def cmd_run(args) -> int:
-    from stages.engine.pipeline import run_pipeline, summary_table
+    from stages.engine.run import run_pipeline, summary_table
 
     cfg = _load(args)
     results = run_pipeline(cfg, args.root.resolve(), args.pipeline, targets=args.stages, single=args.single,
@@ -71,171 +71,38 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from stages.engine.pipeline import (
-        Lock,
-        StageContext,
-        build_dir,
-        load_pipeline,
-        optional_input,
-        report_path,
-        reports_dir,
-        stage_state,
-        why_stale,
-    )
-    from stages.sam.models import weights_tag
+    from stages.engine.status import status_lines
 
-    cfg = _load(args)
-    root = args.root.resolve()
-    stages = load_pipeline(args.pipeline or ROOT / "pipeline.yaml", cfg, root)
-    lock = Lock(build_dir(root, cfg) / "pipeline.lock.json", root)
-    weights = weights_tag(cfg, root)
-    makers = {o: s.name for s in stages for o in s.all_outs}
-    for s in stages:
-        ctx = StageContext(s, cfg, root, build_dir(root, cfg), reports_dir(root, cfg), weights)
-        if s.on_demand and s.name not in lock.data["stages"]:
-            print(f"{s.name:<16} on demand: runs only when named (`python -m stages run --model M {s.name}`)")
-            continue
-        missing = [d for d in s.deps if not d.exists() and not optional_input(d, makers, stages)]
-        if missing:
-            print(f"{s.name:<16} needs {missing[0]}")
-            continue
-        reason = why_stale(s, stage_state(s, ctx, lock, report_path(ctx)), lock)
-        last = lock.data["stages"].get(s.name, {})
-        took = (f"  (last run {last['seconds']:.0f} s, peak {last['peak_rss_mb']:.0f} MB)"
-                if "seconds" in last and "peak_rss_mb" in last else "")
-        print(f"{s.name:<16} {'up to date' if reason is None else 'will run: ' + reason}{took}")
+    for line in status_lines(_load(args), args.root.resolve(), args.pipeline):
+        print(line)
     return 0
-
-
-def _gate_run(args):
-    """The pipeline as the regression gate runs it: every stage, with the quick sweep unless told otherwise."""
-    from stages.engine.pipeline import run_pipeline, summary_table
-
-    args.sweep = args.sweep or "quick"
-    cfg = _load(args)
-    results = run_pipeline(cfg, args.root.resolve(), args.pipeline)
-    print("\n" + summary_table(results))
-    return cfg, [r for r in results if r.status in ("failed", "skipped")], {r.stage: r.status for r in results}
 
 
 def cmd_regress(args) -> int:
-    import pandas as pd
+    from stages.tools import gate
 
-    from stages.config import load_sweep
-    from stages.engine.pipeline import run_pipeline
-    from stages.tools.compare import (
-        BAD,
-        compare_runs,
-        load_regress_config,
-        load_run,
-        regression_table,
-        write_comparison,
-    )
-    from stages.tools.regress import REPO, Side, ab_latency, ab_rows, prepare_base, resolve_base, uncommitted
-
-    gate = load_regress_config()
-    root = args.root.resolve()
-    base_ref = resolve_base(REPO, args.base or gate.base)  # a bad ref fails here, before anything runs
-    dirty = uncommitted(REPO)
-    new = Side("new", REPO, root)
-    name = _load(args).name
-    if (root / "build" / name / "pipeline.lock.json").exists():
-        # seed the base worktree with the build as it is now, before this tree's code re-runs stages: the build
-        # a base usually shares most stages with
-        prepare_base(REPO, base_ref, new, name)
-    cfg, failed, ran = _gate_run(args)  # the new side: every stage, the tree as it is
-    baseline = args.baseline or root / "reports" / "baselines" / cfg.name
-    if not (baseline / "parity.csv").exists():
-        raise PipelineError(f"no parity baseline at {baseline / 'parity.csv'}: run `make baseline MODEL={cfg.name}` "
-                            f"and commit it")
-    if failed:
-        print(f"stages that did not finish: {', '.join(r.stage for r in failed)}; no A/B timing")
-        return 1
-    now = root / "reports" / cfg.name
-    base_run, new_run = load_run(str(baseline)), load_run(str(now))
-    base_run.latency = new_run.latency = None  # committed latencies are history, never a gate
-    accuracy = compare_runs(base_run, new_run, gate)
-    print(f"\nregression gate: base {base_ref.sha[:12]} ({base_ref.how}); new: this tree"
-          + (f" with uncommitted changes in {len(dirty)} file(s) ({', '.join(dirty[:5])}"
-             f"{' ...' if len(dirty) > 5 else ''}), compared as it is" if dirty else ""))
-    base = prepare_base(REPO, base_ref, new, cfg.name)  # seeds it now if it was not seeded above
-    model = str(Path(args.model).resolve()) if Path(args.model).suffix in (".yaml", ".yml") else args.model
-    sweep = (str(cfg.bench.sweep), load_sweep(cfg.bench.sweep).source)
-    ab = ab_latency(new, base, model, sweep, gate.latency, cfg.name, new_bench_fresh=ran.get("bench") == "ran")
-    run_pipeline(cfg, root, args.pipeline)  # the report stage catches up with the last bench round
-    df = pd.concat([accuracy, ab_rows(ab.table, gate.latency)], ignore_index=True)
-    header = (f"{cfg.name}: this tree vs base {base_ref.sha[:12]} ({base_ref.how}); latency A/B on "
-              f"{ab.machine_class}, {gate.latency.rounds} rounds per side in the order {' '.join(ab.order)}; "
-              f"accuracy vs {baseline / 'parity.csv'}"
-              + (f". The new side has uncommitted changes ({len(dirty)} files), compared as it is" if dirty else ""))
-    csv, md = write_comparison(df, now / "regress", header)
-    bad = df[df["verdict"].isin(BAD)]
-    print(f"{len(df)} comparisons ({(df['kind'] == 'latency').sum()} latency A/B, {(df['kind'] == 'parity').sum()} "
-          f"accuracy); {len(bad)} regressions; {df['verdict'].isin(['better', 'fixed']).sum()} improvements ({md})")
-    if len(bad):
-        print(regression_table(df))
-    return 1 if len(bad) else 0
+    return gate.regress(args, _load)
 
 
 def cmd_baseline(args) -> int:
-    import shutil
+    from stages.tools import gate
 
-    from stages.core.artifacts import machine
-    from stages.tools.compare import compare_runs, load_regress_config, load_run, markdown
-
-    cfg, failed, _ = _gate_run(args)
-    if failed:
-        raise PipelineError(f"not refreshing the baseline: {', '.join(r.stage for r in failed)} did not finish")
-    root = args.root.resolve()
-    now, dest = root / "reports" / cfg.name, root / "reports" / "baselines" / cfg.name
-    if (dest / "parity.csv").exists():
-        old, new = load_run(str(dest)), load_run(str(now))
-        old.latency = new.latency = None
-        df = compare_runs(old, new, load_regress_config())
-        changed = df[df["verdict"] != "same"]
-        print(markdown(changed, f"{cfg.name}: what the new baseline changes") if len(changed) else "parity unchanged")
-    history = dest / "machines" / str(machine()["machine_class"])
-    history.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(now / "parity.csv", dest / "parity.csv")
-    for name in ("latency.csv", "latency_samples.csv"):
-        if (now / name).exists():
-            shutil.copy2(now / name, history / name)
-    print(f"baseline written: {dest / 'parity.csv'} (the accuracy gate) and {history} (latency history of this "
-          f"machine class, never a gate): commit them")
-    return 0
+    return gate.baseline(args, _load)
 
 
 def cmd_compare(args) -> int:
-    from stages.tools.compare import (
-        BAD,
-        compare_runs,
-        load_regress_config,
-        load_run,
-        machine_classes,
-        markdown,
-        write_comparison,
-    )
+    from stages.tools import gate
 
-    a, b = load_run(args.a), load_run(args.b)
-    df = compare_runs(a, b, load_regress_config())
-    ca, cb = machine_classes(a), machine_classes(b)
-    title = f"{args.a} (a) vs {args.b} (b)"
-    if ca and cb and ca != cb:
-        title += (f". Different machine classes (a: {', '.join(ca)}; b: {', '.join(cb)}): latency ratios are "
-                  f"normalized within each run, and still depend on the machine; no gate uses them")
-    csv, md = write_comparison(df, args.out, title)
-    print(markdown(df, title))
-    print(f"written: {md}, {csv}")
-    return 1 if args.fail_on_regression and df["verdict"].isin(BAD).any() else 0
+    return gate.compare(args)
 
 
 def cmd_segment(args) -> int:
     """MNN only: no torch, onnx or onnxruntime is imported on this path."""
+    from stages.core.names import mnn_file
     from stages.tools.segment import parse_floats, parse_points, recommended_models, segment_file
 
     mnn = args.root.resolve() / "build" / args.model / "mnn"
-    encoder = mnn / f"encoder.{args.variant}.mnn"
-    decoder = mnn / f"decoder.{args.variant}.mnn"
+    encoder, decoder = mnn / mnn_file("encoder", args.variant), mnn / mnn_file("decoder", args.variant)
     options: dict[str, dict] = {}
     upsample = "fp32"
     if args.variant in ("recommended", "smallest"):
@@ -243,7 +110,7 @@ def cmd_segment(args) -> int:
         if rec is None:
             logging.warning("no MNN rows in reports/%s/recommended.csv (run `make all`): using the fp32 variant",
                             args.model)
-            encoder, decoder = mnn / "encoder.fp32.mnn", mnn / "decoder.fp32.mnn"
+            encoder, decoder = mnn / mnn_file("encoder", "fp32"), mnn / mnn_file("decoder", "fp32")
         else:
             encoder, decoder = rec["encoder"]["path"], rec["decoder"]["path"]
             upsample = rec["decoder"]["upsample"]

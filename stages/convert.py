@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from stages.core.artifacts import atomic_output, sidecars
 from stages.core.isolate import run_isolated
-from stages.sam.samples import component_example
+from stages.core.status import Status
+from stages.sam.spec import component_example
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,14 @@ def run(ctx) -> list[dict]:
             logfile = ctx.build / "logs" / f"convert-{cell.key}.log"
             try:
                 with atomic_output(out) as tmp:
-                    res = run_isolated("mnnconvert", {"argv": converter_argv(src, tmp, flags), "dst": str(tmp),
+                    res = run_isolated(mnnconvert, {"argv": converter_argv(src, tmp, flags), "dst": str(tmp),
                                                       "feeds": str(feeds_cache[component])}, logfile, ccfg.timeout_s)
                     if not res.ok:
                         raise _CellFailed(res.why)
                     pin_uuid(tmp)
-                status, info = "ok", res.result
+                status, info = str(Status.ok()), res.result
             except _CellFailed as e:
-                status, info = f"failed: {e}", {}
+                status, info = str(Status.failed(e)), {}
                 for q in [out, *sidecars(out)]:  # an artifact from an earlier config must not pass for this one
                     q.unlink(missing_ok=True)
                 log.error("convert %s failed: %s (log: %s)", cell.key, e, logfile)
@@ -112,3 +113,48 @@ def run(ctx) -> list[dict]:
 
 class _CellFailed(Exception):
     pass
+
+
+# tasks for a child process (stages/core/isolate.py): native code that may crash. Never import MNN.tools here (it
+# pip-installs a package and sends usage data): `_tools` is the C extension.
+
+def mnnconvert(req: dict) -> dict:
+    """Convert ONNX -> MNN, then prove the file loads and runs once on the given feeds."""
+    import sys
+
+    import _tools
+
+    dst = Path(req["dst"])
+    t0 = time.perf_counter()
+    _tools.mnnconvert(req["argv"])  # returns True even when conversion failed: check the file
+    seconds = time.perf_counter() - t0
+    sys.stdout.flush()
+    if not dst.exists() or dst.stat().st_size == 0:
+        return {"error": "MNN converter wrote no model (see its output: 'Converted Failed!' or unsupported ops)",
+                "convert_seconds": seconds}
+    return {"convert_seconds": seconds, **smoke_run(req)}
+
+
+def smoke_run(req: dict) -> dict:
+    """Load the MNN model at req["dst"] and run it once on req["feeds"]: its outputs' shapes, or why not."""
+    from stages.runtimes import MnnRuntime, external_hint
+
+    feeds = dict(np.load(req["feeds"]))
+    rt = MnnRuntime(Path(req["dst"]), threads=req.get("threads", 1), precision=req.get("precision", "normal"))
+    t0 = time.perf_counter()
+    outs = rt.run(feeds)
+    seconds = time.perf_counter() - t0
+    bad = [k for k, v in outs.items() if not np.all(np.isfinite(v))]
+    shapes = {k: list(v.shape) for k, v in outs.items()}
+    if bad:
+        hint = req.get("nan_hint") or external_hint(Path(req["dst"]))
+        return {"error": f"MNN model runs but gives NaN/Inf in {', '.join(bad)}" + hint,
+                "shapes": shapes}
+    return {"run_seconds": seconds, "shapes": shapes, "inputs": rt.input_names, "outputs": rt.output_names}
+
+
+def output_check(want: dict[str, list[int]], got: dict[str, list[int]]) -> dict:
+    """What a quantized model lost against its float source: outputs, or output shapes."""
+    missing = [k for k in want if k not in got]
+    shapes = [f"{k} {got[k]} (float {want[k]})" for k in want if k in got and got[k] != want[k]]
+    return {"missing_outputs": ", ".join(missing), "shape_mismatch": "; ".join(shapes)}

@@ -22,16 +22,19 @@ import torch
 from tqdm import tqdm
 
 from stages.config import Thresholds
-from stages.core.artifacts import artifact_paths, file_sha256, machine
+from stages.core.artifacts import file_sha256, machine
 from stages.core.errors import PipelineError
 from stages.core.isolate import run_isolated
-from stages.export_decoder import INPUTS, onnx_decoder
+from stages.core.names import RAW_ONNX, SIM_ONNX, artifact_name, artifact_paths, mnn_artifact
+from stages.core.status import Status
 from stages.runtimes import RUNTIMES, identical_skip
 from stages.runtimes.targets import HOST, Target
+from stages.runtimes.tasks import infer
 from stages.sam import metrics
 from stages.sam.models import build_model
-from stages.sam.preprocess import decoder_feeds, preprocess_image, upsample_masks
+from stages.sam.preprocess import preprocess_image, upsample_masks
 from stages.sam.samples import PROMPTS, load_cases, load_images, prompt, save_cases
+from stages.sam.spec import DECODER, ENCODER, SPECS, decoder_feeds
 
 log = logging.getLogger(__name__)
 SEP = "::"
@@ -57,21 +60,21 @@ class ParityCell:
 def parity_cells(ctx) -> list[ParityCell]:
     pcfg = ctx.cfg.parity
     paths = artifact_paths(ctx.cells, ctx.cfg.quantize.variants)
-    cells = [ParityCell("onnx", "onnxruntime", "fp32", "fp32", pcfg.tier("fp32", "fp32"), 1, **paths["onnx"]),
-             ParityCell("onnx-sim", "onnxruntime", "fp32", "fp32", pcfg.tier("fp32", "fp32"), 2, **paths["onnx-sim"])]
+    cells = [ParityCell(RAW_ONNX, "onnxruntime", "fp32", "fp32", pcfg.tier("fp32", "fp32"), 1, **paths[RAW_ONNX]),
+             ParityCell(SIM_ONNX, "onnxruntime", "fp32", "fp32", pcfg.tier("fp32", "fp32"), 2, **paths[SIM_ONNX])]
     step = 3
     for variant in ctx.cfg.convert.variants:
         for memory in pcfg.mnn_memory.get(variant, ["normal"]):
             for precision in pcfg.mnn_precisions.get(variant, ["normal"]):
-                cells.append(ParityCell(f"mnn-{variant}", "mnn", precision, variant,
-                                        pcfg.tier(variant, precision, memory), step, **paths[f"mnn-{variant}"],
+                cells.append(ParityCell(mnn_artifact(variant), "mnn", precision, variant,
+                                        pcfg.tier(variant, precision, memory), step, **paths[mnn_artifact(variant)],
                                         memory=memory))
                 step += 1
     for name, q in ctx.cfg.quantize.variants.items():  # full int8, last: the furthest from PyTorch
         precisions = pcfg.mnn_precisions.get(name, ["normal"]) if q.runtime == "mnn" else ["fp32"]
         for precision in precisions:
-            cells.append(ParityCell(q.artifact(name), q.runtime, precision, name, pcfg.tier(q.tier, precision), step,
-                                    **paths[q.artifact(name)]))
+            cells.append(ParityCell(artifact_name(q.runtime, name), q.runtime, precision, name,
+                                    pcfg.tier(q.tier, precision), step, **paths[artifact_name(q.runtime, name)]))
             step += 1
     return cells
 
@@ -87,21 +90,21 @@ class Reference:
 
 def torch_reference(ctx, images: list[tuple[str, np.ndarray]], prompts=PROMPTS, threads: int | None = None) -> Reference:
     model, _ = build_model(ctx.cfg, ctx.root)
-    decoder = onnx_decoder(model, ctx.cfg.export.multimask_output)
+    encoder, decoder = ENCODER.module(model), DECODER.module(model, ctx.cfg.export.multimask_output)
     ref = Reference(images, {}, {}, {}, {})
     torch.set_num_threads(threads or ctx.cfg.parity.threads)
     with torch.no_grad():
         for name, img in tqdm(images, desc="parity: PyTorch reference", unit="image"):
             x = preprocess_image(img)
-            ref.encoder_feeds[name] = {"image": x}
-            emb = model.image_encoder(torch.from_numpy(x)).numpy()
+            ref.encoder_feeds[name] = dict(zip(ENCODER.input_names, [x], strict=True))
+            emb = encoder(torch.from_numpy(x)).numpy()
             ref.embeddings[name] = emb
             for p in prompts:
                 feeds = _prompt_feeds(emb, name, img, p, ref)
-                out = decoder(*(torch.from_numpy(feeds[k]) for k in INPUTS))
+                out = decoder(*(torch.from_numpy(feeds[k]) for k in DECODER.input_names))
                 ref.decoder_feeds[f"{name}{SEP}{p}"] = feeds
-                ref.decoder_out[f"{name}{SEP}{p}"] = dict(zip(["masks", "iou_predictions", "low_res_masks"],
-                                                              (o.numpy() for o in out), strict=True))
+                ref.decoder_out[f"{name}{SEP}{p}"] = dict(zip(DECODER.output_names, (o.numpy() for o in out),
+                                                              strict=True))
     return ref
 
 
@@ -130,12 +133,12 @@ def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path, target
     model = str(getattr(cell, component))
     if cell.runtime == "mnn":
         settings = {"threads": threads, "precision": cell.precision, "memory": cell.memory}
-        if component == "decoder":  # where its masks are made: as MnnRuntime makes them by default, or in the graph
+        if SPECS[component].makes_masks:  # where they are made: as MnnRuntime makes them by default, or in the graph
             settings["upsample"] = upsample
         res = target.run({"model": model, "feeds": str(feeds), "out": str(out), "settings": settings},
                          log_file, timeout_s)
     else:
-        res = run_isolated("infer", {"runtime": cell.runtime, "model": model, "threads": threads,
+        res = run_isolated(infer, {"runtime": cell.runtime, "model": model, "threads": threads,
                                      "precision": cell.precision, "options": {}, "feeds": str(feeds),
                                      "out": str(out)}, log_file, timeout_s)
     if not res.ok:
@@ -263,15 +266,15 @@ def run(ctx) -> list[dict]:
                 and same.options.get("memory", "normal") in pcfg.mnn_memory.get(cell.variant, ["normal"]):
             repeats = ParityCell(cell.artifact, cell.runtime, same.precision, cell.variant, cell.tier, cell.step,
                                  cell.encoder, cell.decoder, same.options.get("memory", "normal"))
-            status, results = (f"skipped: {same.why} on this machine ({compute['compute_note']}); its rows would "
-                               f"repeat {repeats.key} (parity.identical_settings: run checks it anyway)"), []
+            status, results = Status.skipped(f"{same.why} on this machine ({compute['compute_note']}); its rows would "
+                                             f"repeat {repeats.key} (parity.identical_settings: run checks it anyway)"), []
         elif missing:
-            status, results = f"skipped: {ctx.rel(missing[0])} missing", []
+            status, results = Status.skipped(f"{ctx.rel(missing[0])} missing"), []
         else:
             try:
-                results, status = evaluate_cell(ctx, cell, ref), "ok"
+                results, status = evaluate_cell(ctx, cell, ref), Status.ok()
             except PipelineError as e:
-                status, results = f"failed: {e}", []
+                status, results = Status.failed(e), []
                 log.error("parity %s failed: %s", cell.key, e)
         if not results:  # a cell that did not run: not passed; one skipped by design is not failed either
             verdict = None if identical_skip(status) else False
@@ -279,7 +282,7 @@ def run(ctx) -> list[dict]:
         for r in results:
             path = cell.encoder if r["component"] == "encoder" else cell.decoder
             sha = file_sha256(path)[:16] if path.exists() else ""
-            rows.append({**base, **r, "artifact_path": ctx.rel(path), "artifact_sha256": sha, "status": status})
+            rows.append({**base, **r, "artifact_path": ctx.rel(path), "artifact_sha256": sha, "status": str(status)})
     th_cols = {f"th_{k}": v for k, v in vars(pcfg.thresholds["fp32"]).items() if k not in ("why", "gate")}
     for r in rows:
         th = vars(pcfg.thresholds[r["tier"]])

@@ -19,119 +19,157 @@ import onnx
 from onnx import numpy_helper
 
 from stages.bench.cells import expand_variants
-from stages.convert import converter_argv, static_flags
-from stages.core.artifacts import artifact_paths, atomic_output
+from stages.convert import converter_argv, mnnconvert, static_flags
+from stages.core.artifacts import atomic_output
 from stages.core.isolate import run_isolated
-from stages.sam.preprocess import decoder_feeds, preprocess_image
+from stages.core.names import SIM_ONNX, artifact_paths, mnn_artifact, mnn_file
+from stages.core.status import Status
+from stages.runtimes.roofline import matmul_rate
+from stages.runtimes.tasks import profile as profile_task
+from stages.sam.preprocess import preprocess_image
 from stages.sam.samples import load_images
+from stages.sam.spec import ENCODER, SPECS
 
 log = logging.getLogger(__name__)
 
 
-def fixed_decoder(src: Path, dst: Path, points: int, out_hw: list[int]) -> None:
-    """The decoder ONNX with orig_im_size a constant and point_coords/point_labels of a fixed length."""
+def fix_shapes(src: Path, dst: Path, values: dict[str, np.ndarray], dims: dict[str, int]) -> None:
+    """The ONNX with the inputs in `values` made constants and its symbolic dims in `dims` fixed (the decoder:
+    orig_im_size, and point_coords/point_labels of the workload's length)."""
     model = onnx.load(str(src))
     g = model.graph
-    keep = [i for i in g.input if i.name != "orig_im_size"]
+    keep = [i for i in g.input if i.name not in values]
     del g.input[:]
     g.input.extend(keep)
-    g.initializer.append(numpy_helper.from_array(np.array(out_hw, np.float32), "orig_im_size"))
+    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in values.items())
     for i in g.input:
-        if i.name in ("point_coords", "point_labels"):
-            d = i.type.tensor_type.shape.dim[1]
-            d.ClearField("dim_param")
-            d.dim_value = points + 1  # SamPredictor's padding point
+        for d in i.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in dims:
+                value = dims[d.dim_param]
+                d.ClearField("dim_param")
+                d.dim_value = value
     onnx.save(model, str(dst))
 
 
 def run(ctx) -> list[dict]:
     pcfg = ctx.cfg.profile
     paths = artifact_paths(ctx.cells)
-    variants = expand_variants("mnn", pcfg.variants, ctx.cfg.convert.variants)
     rows: list[dict] = []
-    for v in [v for v in variants if f"mnn-{v}" not in paths]:
-        log.warning("profile: variant %r is not in convert.variants (%s): not profiled", v, ", ".join(ctx.cfg.convert.variants))
-        rows.append({"cell": f"mnn-{v}", "runtime": "mnn", "artifact": f"mnn-{v}",
-                     "status": f"skipped: {v!r} is not in convert.variants"})
-    variants = [v for v in variants if f"mnn-{v}" in paths]
-    (_, photo), = load_images([ctx.cfg.bench.image], ctx.root)
+    variants = _variants(ctx, paths, rows)
     with tempfile.TemporaryDirectory(prefix="profile-") as d:
         d = Path(d)
-        image = preprocess_image(photo)
-        from stages.runtimes import OrtRuntime
-
-        emb = OrtRuntime(paths["onnx-sim"]["encoder"], threads=pcfg.threads).run({"image": image})["image_embeddings"]
-        h, w = pcfg.decoder_out_size
-        n = pcfg.decoder_points
-        pts = np.array([[w * (0.3 + 0.4 * i / n), h * 0.5] for i in range(n)], np.float32)
-        feeds = {"encoder": {"image": image},
-                 "decoder": {k: v for k, v in decoder_feeds(emb, pts, np.ones(n, np.float32), (h, w)).items()
-                             if k != "orig_im_size"}}
-        fixed = {"encoder": paths["onnx-sim"]["encoder"], "decoder": d / "decoder.fixed.onnx"}
-        fixed_decoder(paths["onnx-sim"]["decoder"], fixed["decoder"], n, [h, w])
-        rate = run_isolated("matmul_rate", {"threads": pcfg.threads, "n": 2048, "min_seconds": 1.0},
+        fixed, workload = _inputs(ctx, paths, d)
+        rate = run_isolated(matmul_rate, {"threads": pcfg.threads, "n": 2048, "min_seconds": 1.0},
                             ctx.build / "logs" / "profile-matmul.log", 300)
         gflops_peak = rate.result.get("gflops", float("nan")) if rate.ok else float("nan")
-        jobs = []
-        for component in ("encoder", "decoder"):
-            np.savez(d / f"{component}.npz", **feeds[component])
-            jobs.append((component, "onnxruntime", "onnx-sim", str(fixed[component])))
-            for v in variants:
-                if not paths[f"mnn-{v}"][component].exists():  # its conversion failed: convert.csv says why
-                    rows.append({"cell": f"{component}/mnn-{v}", "component": component, "runtime": "mnn",
-                                 "artifact": f"mnn-{v}", "status": f"skipped: {ctx.rel(paths[f'mnn-{v}'][component])} missing"})
-                    continue
-                if component == "encoder":
-                    mnn = paths[f"mnn-{v}"]["encoder"]
-                else:  # the fixed-shape decoder converted with this variant's flags
-                    mnn = d / f"decoder.{v}.mnn"
-                    flags, _ = static_flags(fixed[component], [*ctx.cfg.convert.variants[v], *ctx.cfg.convert.extra_args], d)
-                    res = run_isolated("mnnconvert", {"argv": converter_argv(fixed[component], mnn, flags), "dst": str(mnn),
-                                                       "feeds": str(d / "decoder.npz")},
-                                       ctx.build / "logs" / f"profile-convert-decoder-{v}.log", pcfg.timeout_s)
-                    if not res.ok:
-                        rows.append({"cell": f"decoder/mnn-{v}", "component": component, "runtime": "mnn",
-                                     "artifact": f"mnn-{v}", "status": f"failed: {res.why}"})
-                        continue
-                jobs.append((component, "mnn", f"mnn-{v}", str(mnn)))
-        for component, runtime, artifact, model in jobs:
+        for component, runtime, artifact, model in _jobs(ctx, paths, variants, fixed, d, rows):
             cell = f"{component}/{artifact}"
-            res = run_isolated("profile", {"runtime": runtime, "model": model, "feeds": str(d / f"{component}.npz"),
-                                           "threads": pcfg.threads, "runs": pcfg.runs},
+            res = run_isolated(profile_task, {"runtime": runtime, "model": model, "feeds": str(d / f"{component}.npz"),
+                                              "threads": pcfg.threads, "runs": pcfg.runs},
                                ctx.build / "logs" / f"profile-{component}-{artifact}.log", pcfg.timeout_s)
             if not res.ok:
                 rows.append({"cell": cell, "component": component, "runtime": runtime, "artifact": artifact,
-                             "status": f"failed: {res.why}"})
+                             "status": str(Status.failed(res.why))})
                 log.error("profile %s failed: %s", cell, res.why)
                 continue
-            r = res.result
-            for op in r["ops"]:
-                gflop = 2 * op["mflop"] / 1e3  # MNN counts a multiply-add as one; the matmul rate counts two
-                gf = gflop / (op["ms"] / 1e3) if op["ms"] > 0 and gflop == gflop else float("nan")
-                rows.append({"cell": cell, "component": component, "runtime": runtime, "artifact": artifact,
-                             "threads": pcfg.threads, "op_type": op["type"], "count": op["count"],
-                             "ms": round(op["ms"], 3), "share_pct": round(100 * op["ms"] / r["ops_ms"], 2),
-                             "gflop": gflop, "gflops": gf, "matmul_gflops": gflops_peak,
-                             "roofline_frac": gf / gflops_peak, "ops_total_ms": round(r["ops_ms"], 2),
-                             "wall_ms": round(r["wall_ms"], 2), "graph_ops": r["graph_ops"],
-                             "workload": "1024x1024" if component == "encoder" else f"{n} pt -> {h}x{w}",
-                             "status": "ok"})
+            base = {"cell": cell, "component": component, "runtime": runtime, "artifact": artifact,
+                    "threads": pcfg.threads}
+            rows.extend(_op_rows(base, res.result, gflops_peak, workload[component]))
     md = ctx.reports / "profile.md"
     with atomic_output(md) as tmp:
         tmp.write_text(markdown(ctx.cfg.name, rows, gflops_peak, pcfg.threads))
     return rows
 
 
+def _variants(ctx, paths: dict, rows: list[dict]) -> list[str]:
+    """The MNN variants to profile; a skipped row for each one convert does not make."""
+    variants = expand_variants("mnn", ctx.cfg.profile.variants, ctx.cfg.convert.variants)
+    for v in [v for v in variants if mnn_artifact(v) not in paths]:
+        log.warning("profile: variant %r is not in convert.variants (%s): not profiled", v, ", ".join(ctx.cfg.convert.variants))
+        rows.append({"cell": mnn_artifact(v), "runtime": "mnn", "artifact": mnn_artifact(v),
+                     "status": str(Status.skipped(f"{v!r} is not in convert.variants"))})
+    return [v for v in variants if mnn_artifact(v) in paths]
+
+
+def _inputs(ctx, paths: dict, d: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Each component's feeds (d/<component>.npz) and the ONNX it is profiled from (the decoder's with fixed
+    shapes), and each component's workload as profile.csv names it."""
+    pcfg = ctx.cfg.profile
+    (_, photo), = load_images([ctx.cfg.bench.image], ctx.root)
+    image = preprocess_image(photo)
+    from stages.runtimes import OrtRuntime
+
+    (image_input,), (embeddings,) = ENCODER.input_names, ENCODER.output_names
+    emb = OrtRuntime(paths[SIM_ONNX]["encoder"], threads=pcfg.threads).run({image_input: image})[embeddings]
+    n, hw = pcfg.decoder_points, pcfg.decoder_out_size
+    fixed, workload = {}, {}
+    for component, spec in SPECS.items():
+        values, dims = spec.fixed_inputs(n, hw)  # the inputs whose values set shapes become constants
+        feeds = spec.workload_feeds(image, emb, n, hw)
+        np.savez(d / f"{component}.npz", **{k: v for k, v in feeds.items() if k not in values})
+        fixed[component] = paths[SIM_ONNX][component]
+        if values:
+            fixed[component] = d / f"{component}.fixed.onnx"
+            fix_shapes(paths[SIM_ONNX][component], fixed[component], values, dims)
+        workload[component] = spec.workload(n, hw)
+    return fixed, workload
+
+
+def _jobs(ctx, paths: dict, variants: list[str], fixed: dict[str, Path], d: Path, rows: list[dict]) -> list[tuple]:
+    """(component, runtime, artifact, model file) to profile: the simplified ONNX on onnxruntime and each MNN
+    variant (the decoder's converted from its fixed-shape ONNX with the variant's flags); rows for those that
+    cannot be."""
+    pcfg = ctx.cfg.profile
+    jobs = []
+    for component, spec in SPECS.items():
+        jobs.append((component, "onnxruntime", SIM_ONNX, str(fixed[component])))
+        for v in variants:
+            if not paths[mnn_artifact(v)][component].exists():  # its conversion failed: convert.csv says why
+                rows.append({"cell": f"{component}/mnn-{v}", "component": component, "runtime": "mnn",
+                             "artifact": mnn_artifact(v),
+                             "status": str(Status.skipped(f"{ctx.rel(paths[mnn_artifact(v)][component])} missing"))})
+                continue
+            if not spec.shape_inputs:
+                mnn = paths[mnn_artifact(v)][component]
+            else:  # the fixed-shape graph converted with this variant's flags
+                mnn = d / mnn_file(component, v)
+                flags, _ = static_flags(fixed[component], [*ctx.cfg.convert.variants[v], *ctx.cfg.convert.extra_args], d)
+                res = run_isolated(mnnconvert, {"argv": converter_argv(fixed[component], mnn, flags), "dst": str(mnn),
+                                                "feeds": str(d / f"{component}.npz")},
+                                   ctx.build / "logs" / f"profile-convert-{component}-{v}.log", pcfg.timeout_s)
+                if not res.ok:
+                    rows.append({"cell": f"{component}/mnn-{v}", "component": component, "runtime": "mnn",
+                                 "artifact": mnn_artifact(v), "status": str(Status.failed(res.why))})
+                    continue
+            jobs.append((component, "mnn", mnn_artifact(v), str(mnn)))
+    return jobs
+
+
+def _op_rows(base: dict, r: dict, gflops_peak: float, workload: str) -> list[dict]:
+    """One profile.csv row per op type of one profiled model, set against the matmul rate."""
+    rows = []
+    for op in r["ops"]:
+        gflop = 2 * op["mflop"] / 1e3  # MNN counts a multiply-add as one; the matmul rate counts two
+        gf = gflop / (op["ms"] / 1e3) if op["ms"] > 0 and gflop == gflop else float("nan")
+        rows.append({**base, "op_type": op["type"], "count": op["count"],
+                     "ms": round(op["ms"], 3), "share_pct": round(100 * op["ms"] / r["ops_ms"], 2),
+                     "gflop": gflop, "gflops": gf, "matmul_gflops": gflops_peak,
+                     "roofline_frac": gf / gflops_peak, "ops_total_ms": round(r["ops_ms"], 2),
+                     "wall_ms": round(r["wall_ms"], 2), "graph_ops": r["graph_ops"],
+                     "workload": workload, "status": str(Status.ok())})
+    return rows
+
+
 def markdown(model: str, rows: list[dict], peak: float, threads: int) -> str:
     import pandas as pd
 
-    df = pd.DataFrame([r for r in rows if r.get("status") == "ok"])
+    df = pd.DataFrame([r for r in rows if Status.read(r.get("status")) == Status.ok()])
     out = [f"# {model}: per-op time profile ({threads} threads)\n",
            f"Dense fp32 matmul rate here: {peak:.0f} GFLOP/s. MNN: Session API with per-op callbacks (MNN's "
            "FLOP counts, a multiply-add as 2 FLOP like the matmul rate); onnxruntime: its profiler, node times only. "
            "`wall` is one whole run; `ops` the sum of op times. Full table: profile.csv.\n"]
     for r in rows:
-        if r.get("status", "ok") != "ok":
+        if Status.read(r.get("status", "ok")) != Status.ok():
             out.append(f"- {r['cell']}: {r['status']}\n")
     if df.empty:
         return "\n".join(out)

@@ -25,11 +25,14 @@ import numpy as np
 from stages.core.artifacts import atomic_output, sidecars
 from stages.core.errors import PipelineError
 from stages.core.isolate import run_isolated
-from stages.sam.preprocess import decoder_feeds, preprocess_image
+from stages.core.status import Status
+from stages.quantize_tasks import mnnquant, ort_quantize
+from stages.runtimes.tasks import infer
+from stages.sam.preprocess import IMAGE_SIZE, preprocess_image
 from stages.sam.samples import load_cases, load_images, save_cases
+from stages.sam.spec import ENCODER, SPECS, decoder_feeds
 
 log = logging.getLogger(__name__)
-DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
 
 
 def sample_prompts(hw: tuple[int, int], n: int, rng: np.random.Generator) -> list[dict]:
@@ -62,7 +65,7 @@ def sample_prompts(hw: tuple[int, int], n: int, rng: np.random.Generator) -> lis
 def _infer(ctx, model: Path, cases: dict[str, dict[str, np.ndarray]], tmp: Path, tag: str) -> dict:
     feeds = save_cases(tmp / f"{tag}-feeds.npz", cases)
     out = tmp / f"{tag}-out.npz"
-    res = run_isolated("infer", {"runtime": "onnxruntime", "model": str(model), "threads": ctx.cfg.quantize.threads,
+    res = run_isolated(infer, {"runtime": "onnxruntime", "model": str(model), "threads": ctx.cfg.quantize.threads,
                                  "precision": "fp32", "feeds": str(feeds), "out": str(out)},
                        ctx.build / "logs" / f"quantize-calibration-{tag}.log", ctx.cfg.quantize.timeout_s)
     if not res.ok:
@@ -74,17 +77,20 @@ def calibration_set(ctx, component: str, encoder_onnx: Path, decoder_onnx: Path,
     """{sample: {input: array}} for one component, in a fixed order."""
     ccfg = ctx.cfg.quantize.calibration
     images = load_images(ccfg.images, ctx.root)
-    enc = {f"{i:02d}_{name}": {"image": preprocess_image(img)} for i, (name, img) in enumerate(images)}
-    if component == "encoder":
+    (image,) = ENCODER.input_names
+    enc = {f"{i:02d}_{name}": {image: preprocess_image(img)} for i, (name, img) in enumerate(images)}
+    upstream = SPECS[component].upstream
+    if upstream is None:  # calibrated on the photos themselves
         return enc
-    emb = _infer(ctx, encoder_onnx, enc, tmp, "encoder")
+    (embeddings,) = SPECS[upstream].output_names  # the decoder: on those photos' real embeddings
+    emb = _infer(ctx, encoder_onnx, enc, tmp, upstream)
     rng = np.random.default_rng(ccfg.seed)
     cases, kinds = {}, {}
     for key, (_, img) in zip(enc, images, strict=True):
         hw = img.shape[:2]
         for j, p in enumerate(sample_prompts(hw, ccfg.prompts_per_image, rng)):
             name = f"{key}_{j}_{p['kind']}"
-            cases[name] = decoder_feeds(emb[key]["image_embeddings"], p["points"], p["labels"], hw, box=p["box"])
+            cases[name] = decoder_feeds(emb[key][embeddings], p["points"], p["labels"], hw, box=p["box"])
             kinds[name] = p["kind"]
     # Every sample carries the mask its prompt gives (fp32 decoder, first pass). `feedback` samples use it
     # (has_mask_input 1), as an interactive tool feeds a click's mask back; the others ignore it (the graph
@@ -114,7 +120,7 @@ def write_sequence_set(cases: dict[str, dict[str, np.ndarray]], outputs: list[st
 
 def mnn_config(variant, folder: Path, n: int) -> dict:
     """The quantizer's JSON: sequence inputs (preprocessing is already in the data, so no mean/normal)."""
-    cfg = {"format": "RGB", "mean": [0.0, 0.0, 0.0], "normal": [1.0, 1.0, 1.0], "width": 1024, "height": 1024,
+    cfg = {"format": "RGB", "mean": [0.0, 0.0, 0.0], "normal": [1.0, 1.0, 1.0], "width": IMAGE_SIZE, "height": IMAGE_SIZE,
            "path": str(folder) + "/", "used_image_num": n, "input_type": "sequence",
            "feature_quantize_method": variant.method, "weight_quantize_method": variant.weight_method}
     if variant.skip_ops:
@@ -131,7 +137,7 @@ def run(ctx) -> list[dict]:
         cells = [c for c in ctx.cells if "variant" in c.values]
         if not cells:  # one row that says so (and carries the stage's memory columns)
             log.info("quantize: %s has no quantize.variants: nothing to make", ctx.cfg.source)
-            return [{"cell": "-", "status": f"skipped: quantize.variants is empty in {ctx.rel(ctx.cfg.source)}"}]
+            return [{"cell": "-", "status": str(Status.skipped(f"quantize.variants is empty in {ctx.rel(ctx.cfg.source)}"))}]
         for cell in cells:
             component, name = cell.values["component"], cell.values["variant"]
             variant = qcfg.variants[name]
@@ -150,15 +156,15 @@ def run(ctx) -> list[dict]:
                 if isinstance(cases, str):
                     raise PipelineError(cases)
                 info = quantize_cell(ctx, component, name, variant, cases, sim, mnn_fp32, out, tmp, logfile)
-                status = "ok"
+                status = Status.ok()
                 if info.get("shape_mismatch"):  # the model exists but is wrong: parity must not take it
                     raise PipelineError(f"output shapes differ from the float model: {info['shape_mismatch']}")
                 if info.get("missing_outputs"):
-                    status = f"ok: lacks output {info['missing_outputs']} of the float model"
+                    status = Status.ok(f"lacks output {info['missing_outputs']} of the float model")
                     log.warning("quantize %s: the int8 model lacks output(s) %s of the float model",
                                 cell.key, info["missing_outputs"])
             except PipelineError as e:
-                status = f"failed: {e}"
+                status = Status.failed(e)
                 for q in [out, *sidecars(out)]:  # an artifact from an earlier config must not pass for this one
                     q.unlink(missing_ok=True)
                 log.error("quantize %s failed: %s (log: %s)", cell.key, e, ctx.rel(logfile))
@@ -175,7 +181,7 @@ def run(ctx) -> list[dict]:
                          "smoke_run_ms": round(info.get("run_seconds", float("nan")) * 1000, 1),
                          "quantizer_peak_rss_mb": round(info["peak_rss_mb"]) if "peak_rss_mb" in info else None,
                          "missing_outputs": info.get("missing_outputs", ""),
-                         "log": ctx.rel(logfile), "status": status})
+                         "log": ctx.rel(logfile), "status": str(status)})
     return rows
 
 
@@ -189,7 +195,7 @@ def quantize_cell(ctx, component: str, name: str, variant, cases: dict, sim: Pat
                   tmp: Path, logfile: Path) -> dict:
     smoke = tmp / f"{component}-smoke.npz"
     np.savez(smoke, **next(iter(cases.values())))
-    outputs = ["image_embeddings"] if component == "encoder" else DECODER_OUTPUTS
+    outputs = SPECS[component].output_names
     with atomic_output(out) as dst:
         if variant.runtime == "mnn":
             folder = tmp / f"{component}-sequence"
@@ -201,7 +207,7 @@ def quantize_cell(ctx, component: str, name: str, variant, cases: dict, sim: Pat
                    "reference": str(mnn_fp32),
                    "threads": ctx.cfg.quantize.threads,
                    "nan_hint": f" (the int8 model {variant.method} made from {mnn_fp32.name} computes them)"}
-            res = run_isolated("mnnquant", req, logfile, ctx.cfg.quantize.timeout_s)
+            res = run_isolated(mnnquant, req, logfile, ctx.cfg.quantize.timeout_s)
         else:
             data = tmp / f"{component}-calibration.npz"
             if not data.exists():
@@ -209,7 +215,7 @@ def quantize_cell(ctx, component: str, name: str, variant, cases: dict, sim: Pat
             req = {"src": str(sim), "dst": str(dst), "method": variant.method, "per_channel": variant.per_channel,
                    "exclude": list(variant.skip_ops), "calibration": str(data), "feeds": str(smoke),
                    "threads": ctx.cfg.quantize.threads}
-            res = run_isolated("ort_quantize", req, logfile, ctx.cfg.quantize.timeout_s)
+            res = run_isolated(ort_quantize, req, logfile, ctx.cfg.quantize.timeout_s)
         if not res.ok:
             raise PipelineError(res.why)
     return res.result

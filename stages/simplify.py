@@ -17,8 +17,9 @@ import onnx
 
 from stages.core.artifacts import PARTIAL_MARK, atomic_output
 from stages.core.errors import PipelineError
+from stages.core.status import Status
 from stages.runtimes.onnx_io import foreign_ops, load_onnx, op_counts, ort_outputs, save_onnx, stored_bytes
-from stages.sam.samples import component_example
+from stages.sam.spec import component_example
 
 log = logging.getLogger(__name__)
 
@@ -129,5 +130,5 @@ def run(ctx) -> list[dict]:
         log.info("%s: %s %d -> %d nodes, max |diff| vs raw %.2e", component, scfg.tool, before, after, diff)
         rows.append({"cell": cell.key, "component": component, **ctx.describe(out),
                      "seconds": round(time.perf_counter() - t0, 2), "tool": scfg.tool,
-                     "nodes_before": before, "nodes_after": after, "max_abs_diff_vs_raw": diff, "status": "ok"})
+                     "nodes_before": before, "nodes_after": after, "max_abs_diff_vs_raw": diff, "status": str(Status.ok())})
     return rows

@@ -21,8 +21,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from stages.config import parse_cell_key
-from stages.core.artifacts import artifact_paths, file_sha256
+from stages.core.artifacts import file_sha256
 from stages.core.errors import PipelineError
+from stages.core.names import artifact_paths, mnn_artifact
+from stages.core.status import Status
 from stages.parity import ParityCell, evaluate_cell, failure_table, torch_reference
 from stages.runtimes import MnnRuntime
 from stages.runtimes.ssh import close_all
@@ -38,11 +40,11 @@ def cells_of(ctx, keys: list[str], where: str) -> list[ParityCell]:
     cells = []
     for step, key in enumerate(keys, start=1):
         variant, precision, memory = parse_cell_key(key, where)
-        if f"mnn-{variant}" not in paths:
+        if mnn_artifact(variant) not in paths:
             raise PipelineError(f"{where}: {key!r} names variant {variant!r}, which is not in convert.variants "
                                 f"({', '.join(ctx.cfg.convert.variants)})")
-        cells.append(ParityCell(f"mnn-{variant}", "mnn", precision, variant, pcfg.tier(variant, precision, memory),
-                                step, **paths[f"mnn-{variant}"], memory=memory))
+        cells.append(ParityCell(mnn_artifact(variant), "mnn", precision, variant, pcfg.tier(variant, precision, memory),
+                                step, **paths[mnn_artifact(variant)], memory=memory))
     return cells
 
 
@@ -77,64 +79,79 @@ def run(ctx) -> list[dict]:
 
 def _rows(ctx, targets: dict) -> list[dict]:
     rows: list[dict] = []
-    host_done: dict[tuple[str, str, str], list[dict]] = {}
+    host_done: dict[tuple, list[dict]] = {}
     for name, tcfg in ctx.cfg.targets.items():
-        where = f"targets.{name}"
         target = targets[name]
-        cells = cells_of(ctx, tcfg.cells, f"{where}.cells")
+        cells = cells_of(ctx, tcfg.cells, f"targets.{name}.cells")
         images = load_images(tcfg.images, ctx.root)
         ref = torch_reference(ctx, images, tcfg.prompts, tcfg.threads)
-        about, down = {}, {}
-        for t in dict.fromkeys([HOST, target]):
-            try:
-                about[t] = t.probe(ctx.build / "logs" / f"target-probe-{t.name.replace(':', '-')}.log")
-            except PipelineError as e:  # its cells fail with the reason; the other targets go on
-                log.error("target %s: %s", t.name, e)
-                down[t] = str(e)
-                about[t] = {"machine": "", "mnn_version": "", "cpu_features": ""}
-                continue
-            log.info("target %s: %s, MNN %s, CPU features %s", t.describe(), about[t]["machine"],
-                     about[t]["mnn_version"], about[t]["cpu_features"])
+        about, down = _about(ctx, dict.fromkeys([HOST, target]))
         for cell in tqdm(cells, desc=f"target parity ({name})", unit="cell"):
             for t in dict.fromkeys([target, HOST]):
-                flags = feature_flags(about[t]["cpu_features"])
-                base = {"target_name": name, "target": t.name,
-                        "target_cpu": t.cpu or ("host" if t == HOST else about[t].get("cpu_model", "")),
-                        "emulated": t.emulated, "cell": cell.key, "step": cell.step, "artifact": cell.artifact,
-                        "runtime": "mnn", "precision": cell.precision, "memory": cell.memory,
-                        "variant": cell.variant, "tier": cell.tier, "threads": tcfg.threads,
-                        "images": len(images), "prompts": " ".join(tcfg.prompts),
-                        "target_machine": about[t]["machine"], "target_mnn": about[t]["mnn_version"],
-                        "cpu_features": about[t]["cpu_features"], "upsample": "graph"}
-                kind = ctx.cfg.variant_kind(cell.variant)
-                base.update(MnnRuntime.arithmetic("CPU", cell.precision, {"memory": cell.memory}, kind, flags),
-                            variant_kind=kind)
                 memo = (t.name, cell.key, " ".join(tcfg.images + tcfg.prompts))
                 if t == HOST and memo in host_done:
                     continue
-                why = _unchecked(t, cell, flags)
-                if t in down:
-                    status, results = f"failed: {down[t]}", []
-                elif why:
-                    status, results = f"skipped: {why}", []
-                else:
-                    try:
-                        results = evaluate_cell(ctx, cell, ref, t, tcfg.threads, tcfg.timeout_s, fp32_upsample=True,
-                                                upsample="graph")
-                        status = "ok"
-                    except PipelineError as e:
-                        status, results = f"failed: {e}", []
-                        log.error("target parity %s on %s failed: %s", cell.key, t.name, e)
-                if not results:
-                    verdict = None if status.startswith("skipped") else False
-                    results = [{"component": c, "pass": verdict, "failed_checks": ""}
-                               for c in ("encoder", "decoder", "e2e")]
-                out = []
-                for r in results:
-                    path = cell.encoder if r["component"] == "encoder" else cell.decoder
-                    sha = file_sha256(path)[:16] if Path(path).exists() else ""
-                    out.append({**base, **r, "artifact_path": ctx.rel(path), "artifact_sha256": sha, "status": status})
+                out = _cell_rows(ctx, name, tcfg, cell, t, about[t], down.get(t), ref, len(images))
                 rows.extend(out)
                 if t == HOST:
                     host_done[memo] = out
     return rows
+
+
+def _about(ctx, targets) -> tuple[dict, dict]:
+    """What each target is (MNN version, machine, CPU features), and why one could not be reached: its cells fail
+    with that reason; the other targets go on."""
+    about, down = {}, {}
+    for t in targets:
+        try:
+            about[t] = t.probe(ctx.build / "logs" / f"target-probe-{t.name.replace(':', '-')}.log")
+        except PipelineError as e:
+            log.error("target %s: %s", t.name, e)
+            down[t] = str(e)
+            about[t] = {"machine": "", "mnn_version": "", "cpu_features": ""}
+            continue
+        log.info("target %s: %s, MNN %s, CPU features %s", t.describe(), about[t]["machine"],
+                 about[t]["mnn_version"], about[t]["cpu_features"])
+    return about, down
+
+
+def _cell_base(ctx, name: str, tcfg, cell, t, about: dict, n_images: int) -> dict:
+    flags = feature_flags(about["cpu_features"])
+    base = {"target_name": name, "target": t.name,
+            "target_cpu": t.cpu or ("host" if t == HOST else about.get("cpu_model", "")),
+            "emulated": t.emulated, "cell": cell.key, "step": cell.step, "artifact": cell.artifact,
+            "runtime": "mnn", "precision": cell.precision, "memory": cell.memory,
+            "variant": cell.variant, "tier": cell.tier, "threads": tcfg.threads,
+            "images": n_images, "prompts": " ".join(tcfg.prompts),
+            "target_machine": about["machine"], "target_mnn": about["mnn_version"],
+            "cpu_features": about["cpu_features"], "upsample": "graph"}
+    kind = ctx.cfg.variant_kind(cell.variant)
+    base.update(MnnRuntime.arithmetic("CPU", cell.precision, {"memory": cell.memory}, kind, flags), variant_kind=kind)
+    return base
+
+
+def _cell_rows(ctx, name: str, tcfg, cell, t, about: dict, down: str | None, ref, n_images: int) -> list[dict]:
+    """One cell on one target: its rows per component (encoder, decoder, e2e), with the cell's status."""
+    base = _cell_base(ctx, name, tcfg, cell, t, about, n_images)
+    why = _unchecked(t, cell, feature_flags(about["cpu_features"]))
+    if down:
+        status, results = Status.failed(down), []
+    elif why:
+        status, results = Status.skipped(why), []
+    else:
+        try:
+            results = evaluate_cell(ctx, cell, ref, t, tcfg.threads, tcfg.timeout_s, fp32_upsample=True,
+                                    upsample="graph")
+            status = Status.ok()
+        except PipelineError as e:
+            status, results = Status.failed(e), []
+            log.error("target parity %s on %s failed: %s", cell.key, t.name, e)
+    if not results:
+        verdict = None if status.is_skipped else False
+        results = [{"component": c, "pass": verdict, "failed_checks": ""} for c in ("encoder", "decoder", "e2e")]
+    out = []
+    for r in results:
+        path = cell.encoder if r["component"] == "encoder" else cell.decoder
+        sha = file_sha256(path)[:16] if Path(path).exists() else ""
+        out.append({**base, **r, "artifact_path": ctx.rel(path), "artifact_sha256": sha, "status": str(status)})
+    return out

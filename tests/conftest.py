@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from stages.config import load_model_config
-from stages.engine.pipeline import run_pipeline
+from stages.engine.run import run_pipeline
 
 HERE = Path(__file__).resolve().parent
 ROOT_DIR = HERE.parent
@@ -131,7 +131,7 @@ def copy_tree():
 @contextlib.contextmanager
 def killing_worker(sig: int, task: str = "", parent: bool = False, match: str = "", skip: int = 0,
                    after_s: float = 0.0) -> Iterator[list[int]]:
-    """While the body runs, send `sig` to the first `python -m stages.core.worker TASK` process seen (any task when
+    """While the body runs, send `sig` to the first `python -m stages.core.child MODULE TASK` process seen (any task when
     task is empty), or to its parent (the stage's own process) when parent is true; with `match`, to the first
     process whose command line contains it instead (e.g. qemu-aarch64); `skip` such processes are let be first,
     and the one hit is given `after_s` seconds to start working. Yields the pids hit."""
@@ -145,7 +145,7 @@ def killing_worker(sig: int, task: str = "", parent: bool = False, match: str = 
             for child in me.children(recursive=True):
                 try:
                     cmd = child.cmdline()
-                    hit = match in " ".join(cmd) if match else "stages.core.worker" in cmd and (not task or task in cmd)
+                    hit = match in " ".join(cmd) if match else "stages.core.child" in cmd and (not task or task in cmd)
                     if hit and len(spared) < skip:
                         spared.add(child.pid)
                     elif hit and child.pid not in spared:

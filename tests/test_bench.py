@@ -12,9 +12,9 @@ import pytest
 from conftest import copy_build, killing_worker, statuses, write_config
 from stages.config import load_model_config, load_sweep
 from stages.core.errors import ConfigError
-from stages.engine.pipeline import run_pipeline
+from stages.engine.run import run_pipeline
 from stages.ondevice.timing import StopRule, measure, summarize
-from stages.report import pareto_points
+from stages.report.choose import pareto_points
 
 
 class FakeClock:
@@ -177,13 +177,13 @@ def test_all_variants_follow_the_model_config():
 def test_labels_of_close_pareto_points_do_not_overprint():
     import matplotlib.pyplot as plt
 
-    from stages.report import _label_points
+    from stages.report.plots import label_points
 
     pts = pd.DataFrame({"p50_ms": [35000.0, 35470.0, 35490.0, 60000.0], "accuracy": [0.981, 0.9995, 0.9996, 1.0],
                         "label": ["mnn-wint8@normal", "mnn-fp16@normal", "mnn-fp32@normal", "torch@fp32"]})
     fig, ax = plt.subplots()
     ax.scatter(pts["p50_ms"], pts["accuracy"])
-    _label_points(ax, pts)
+    label_points(ax, pts)
     offsets = {t.get_text(): t.xyann for t in ax.texts}
     plt.close(fig)
     assert set(offsets) == set(pts["label"])

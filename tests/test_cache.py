@@ -10,7 +10,7 @@ from conftest import statuses, write_config
 from stages.__main__ import main
 from stages.config import load_model_config
 from stages.core.artifacts import partial_name
-from stages.engine.pipeline import run_pipeline
+from stages.engine.run import run_pipeline
 
 
 def _run(root, cfg_path, **kw):
@@ -21,15 +21,23 @@ def test_moved_build_is_up_to_date_and_a_second_run_runs_nothing(fp32_build, fp3
     assert set(fp32_build[2].values()) == {"ran"}  # the session's build ran every stage once
     root, cfg_path = fp32_only  # ... and was copied to another root
     lock_file = root / "build" / "tiny_fp32" / "pipeline.lock.json"
+    cache_file = root / "build" / "tiny_fp32" / ".file_hashes.json"  # size/mtime -> sha256, apart from the lock
     lock = json.loads(lock_file.read_text())
-    paths = [*lock["files"], *(k for s in lock["stages"].values() for k in [*s["deps"], *s["outs"]])]
+    assert list(lock) == ["stages"] and sorted(lock["stages"]) == sorted(ALL)
+    # provenance only: params, and a hash per input, per output and per code file (no timings, no cache)
+    assert all(sorted(s) == ["code", "deps", "outs", "params"] for s in lock["stages"].values()), lock
+    assert all(isinstance(s[k], dict) for s in lock["stages"].values() for k in ("code", "deps", "outs"))
+    paths = [*json.loads(cache_file.read_text()), *(k for s in lock["stages"].values() for k in [*s["deps"], *s["outs"]])]
     assert paths and not [p for p in paths if p.startswith("/") and str(fp32_build[0]) in p]  # relative to the root
     assert main(["status", "--model", str(cfg_path), "--root", str(root)]) == 0
     out = capsys.readouterr().out
     assert [line.split()[0] for line in out.splitlines() if "up to date" in line] == ALL, out
-    before = lock_file.read_bytes()
+    before, cached = lock_file.read_bytes(), cache_file.read_bytes()
+    runs = (root / "reports" / "tiny_fp32" / "runs.csv").read_bytes()  # each stage's last run: when, how long, memory
     assert _run(root, cfg_path) == dict.fromkeys(ALL, "cached")
-    assert lock_file.read_bytes() == before  # nothing ran, nothing was re-hashed into the lock
+    assert lock_file.read_bytes() == before  # nothing ran ...
+    assert cache_file.read_bytes() == cached  # ... nothing was re-hashed (the copy kept the mtimes) ...
+    assert (root / "reports" / "tiny_fp32" / "runs.csv").read_bytes() == runs  # ... and no run was recorded
 
 
 def test_status_names_the_changed_code_file(fp32_only, capsys):

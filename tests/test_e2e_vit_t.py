@@ -14,9 +14,9 @@ import pytest
 
 from conftest import ALL_STAGES, ROOT_DIR
 from stages.config import load_model_config
-from stages.engine.pipeline import run_pipeline
+from stages.engine.run import run_pipeline
 from stages.runtimes import MnnRuntime, OrtRuntime
-from stages.sam.samples import component_example
+from stages.sam.spec import component_example
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,9 @@ from stages.bench.cells import grid
 from stages.config import load_sweep
 from stages.convert import static_flags
 from stages.core.errors import ConfigError
-from stages.report import recommended
+from stages.report.choose import recommended
 from stages.runtimes import MnnRuntime
-from stages.sam.preprocess import decoder_feeds
+from stages.sam.spec import decoder_feeds
 from stages.tools.segment import parse_options, recommended_models
 
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY, killing_worker, statuses, write_config
 from stages.config import load_model_config
 from stages.core.errors import PipelineError
-from stages.engine.pipeline import run_pipeline
+from stages.engine.run import run_pipeline
 
 
 def test_converter_crash_fails_only_its_cell(fp32_only):
@@ -53,7 +53,7 @@ def test_onnxsim_attention_fusion_is_rejected_before_mnn_sees_it(tmp_path):
 
 
 def test_two_runs_on_one_model_do_not_overlap(tmp_path):
-    from stages.engine.pipeline import run_lock
+    from stages.engine.run import run_lock
 
     cfg = load_model_config(str(TINY))
     build = tmp_path / "build" / cfg.name

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import copy_build, killing_worker, statuses, write_config
 from stages.config import load_model_config, load_sweep
-from stages.engine.pipeline import Lock, run_pipeline
+from stages.engine.lock import Lock
+from stages.engine.run import run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +67,18 @@ def test_changed_side_file_reruns_its_stage(external_run, tmp_path):
 
 def test_every_stage_reports_its_peak_memory(external_run):
     root, _, _ = external_run
-    lock = Lock(root / "build" / "tiny_ext" / "pipeline.lock.json", root)
-    for stage, state in lock.data["stages"].items():
+    runs = pd.read_csv(root / "reports" / "tiny_ext" / "runs.csv").set_index("stage")  # each stage's last run
+    assert sorted(runs.index) == sorted(Lock(root / "build" / "tiny_ext", root).stages)
+    for stage, run in runs.iterrows():
         report = root / "reports" / "tiny_ext" / ("latency.csv" if stage == "bench" else f"{stage}.csv")
         peak = pd.read_csv(report)["stage_peak_rss_mb"]
         assert peak.notna().all() and (peak > 100).all() and (peak < 8000).all(), stage  # MB: torch alone is >100
-        assert state["peak_rss_mb"] == peak.iloc[0]
+        assert run["peak_rss_mb"] == peak.iloc[0]
         tree = pd.read_csv(report)["stage_peak_tree_mb"]
-        assert (tree > 100).all() and state["peak_tree_mb"] == tree.iloc[0], stage
+        assert (tree > 100).all() and run["peak_tree_mb"] == tree.iloc[0], stage
+        assert run["seconds"] > 0 and run["model"] == "tiny_ext", stage
     # the workers count: convert runs MNN's converter in children, its peak is theirs or its own
-    assert lock.data["stages"]["convert"]["peak_rss_mb"] > 100
+    assert runs.loc["convert", "peak_rss_mb"] > 100
 
 
 def test_a_stage_process_killed_like_the_oom_killer_fails_that_stage_only(fp32_only):
@@ -131,7 +134,7 @@ def test_slimming_a_model_past_2gb_reads_shapes_from_disk(external_run, tmp_path
     """vit_h's path through simplify (onnxslim cannot infer shapes of a >2 GB model in memory), run on the
     tiny encoder kept in external data: fewer nodes, same outputs on onnxruntime."""
     from stages.runtimes.onnx_io import op_counts, ort_outputs
-    from stages.sam.samples import component_example
+    from stages.sam.spec import component_example
     from stages.simplify import compare, slim_large
 
     src = external_run[0] / "build" / "tiny_ext" / "onnx" / "encoder.onnx"

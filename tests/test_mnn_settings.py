@@ -9,7 +9,7 @@ import pytest
 
 from stages.core.errors import PipelineError
 from stages.runtimes import MnnRuntime, OrtRuntime, mnn_schedule
-from stages.sam.samples import component_example
+from stages.sam.spec import component_example
 from stages.tools.segment import MnnSamPredictor
 
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import statuses
 from stages.runtimes import MnnRuntime, OrtRuntime
 from stages.runtimes.onnx_io import foreign_ops
-from stages.sam.samples import component_example, decoder_example
+from stages.sam.spec import component_example, decoder_example
 
 REQUIRED_COLUMNS = {"model", "weights", "stage", "path", "bytes", "sha256", "seconds", "status",
                     "torch_version", "onnx_version", "onnxruntime_version", "mnn_version", "cpu", "cores"}

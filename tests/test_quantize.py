@@ -15,10 +15,10 @@ from conftest import TINY, write_config
 from stages.bench.cells import expand_variants
 from stages.config import QuantVariant, load_model_config
 from stages.core.errors import ConfigError
-from stages.engine.pipeline import load_pipeline
+from stages.engine.graph import load_pipeline
 from stages.quantize import sample_prompts, write_sequence_set
 from stages.runtimes import MnnRuntime, OrtRuntime
-from stages.sam.samples import encoder_example
+from stages.sam.spec import encoder_example
 
 PIPELINE = TINY.parent.parent.parent / "pipeline.yaml"
 

@@ -4,7 +4,6 @@ sides passing, a dirty tree said, a bad base ref named)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -105,8 +104,8 @@ def clone(tmp_path_factory, fp32_build):
     if _git(repo, "status", "--porcelain").strip():
         _git(repo, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-q", "-m", "working tree")
     root = copy_build(fp32_build[0], tmp / "root")
-    lock = json.loads((root / "build" / "tiny_fp32" / "pipeline.lock.json").read_text())
-    clone_finished.update({k: v["finished"] for k, v in lock["stages"].items()})
+    runs = pd.read_csv(root / "reports" / "tiny_fp32" / "runs.csv")
+    clone_finished.update(dict(zip(runs["stage"], runs["finished"], strict=True)))
     cfg = write_config(tmp / "tiny_fp32.yaml", base=fp32_build[1], **{"bench.sweep": SWEEP})
     out = _cli(repo, "baseline", cfg, root)
     assert out.returncode == 0, out.stdout[-3000:]
@@ -161,10 +160,10 @@ def test_a_planted_slowdown_is_caught_an_unchanged_cell_is_not_and_the_base_reus
     assert sorted(p.name for p in (reports / "regress").glob("*-latency.csv")) == \
         ["base-1-latency.csv", "base-2-latency.csv", "new-1-latency.csv", "new-2-latency.csv"]
     # the base worktree (the parent commit: the code the copied build was made with) re-ran no stage
-    base_lock = json.loads((root / "build" / "tiny_fp32" / "regress-base" / base_sha[:12] / "build" / "tiny_fp32" /
-                            "pipeline.lock.json").read_text())
+    base_runs = pd.read_csv(root / "build" / "tiny_fp32" / "regress-base" / base_sha[:12] / "reports" / "tiny_fp32" /
+                            "runs.csv").set_index("stage")
     for stage in ("export_encoder", "export_decoder", "simplify", "convert"):
-        assert base_lock["stages"][stage]["finished"] == clone_finished[stage], stage
+        assert base_runs.loc[stage, "finished"] == clone_finished[stage], stage
 
 
 def test_regress_with_a_bad_base_fails_before_running(clone, capsys):

@@ -19,7 +19,8 @@ from conftest import ROOT_DIR, statuses, write_config
 from stages.__main__ import main
 from stages.config import load_model_config
 from stages.core.errors import PipelineError
-from stages.engine.pipeline import Lock, run_pipeline
+from stages.engine.lock import Lock
+from stages.engine.run import run_pipeline
 from stages.sam.samples import load_images
 
 
@@ -45,8 +46,8 @@ def test_interrupted_run_leaves_no_finished_looking_file_and_resumes(fp32_only, 
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     assert "interrupted" in out
-    lock = Lock(root / "build" / "tiny_fp32" / "pipeline.lock.json", root)
-    assert "convert" not in lock.data["stages"] and "simplify" in lock.data["stages"]
+    lock = Lock(root / "build" / "tiny_fp32", root)
+    assert "convert" not in lock.stages and "simplify" in lock.stages
     assert not list(mnn.glob(".*partial*"))  # temp files are gone ...
     finished = {p.name for p in mnn.glob("*.mnn")}
     assert finished < {"encoder.fp32.mnn", "encoder.fp16.mnn", "decoder.fp32.mnn", "decoder.fp16.mnn"}

@@ -15,7 +15,8 @@ from conftest import ROOT_DIR
 from stages.core.errors import PipelineError
 from stages.sam.models import build_model
 from stages.sam.samples import photo
-from stages.tools.segment import MnnSamPredictor, read_image
+from stages.tools.image_io import read_image
+from stages.tools.segment import MnnSamPredictor
 
 
 def _mnn(tiny_run, component):

@@ -20,10 +20,10 @@ import pytest
 from conftest import ROOT_DIR, statuses, write_config
 from stages.config import load_model_config
 from stages.core.errors import ConfigError, PipelineError
-from stages.engine.pipeline import run_pipeline
+from stages.engine.run import run_pipeline
 from stages.runtimes.targets import HOST, parse_target
-from stages.sam.preprocess import decoder_feeds
 from stages.sam.samples import load_cases, save_cases
+from stages.sam.spec import decoder_feeds
 from stages.tools.compare import RegressConfig, compare_runs, load_run
 
 MNN_VERSION = importlib.metadata.version("MNN")
@@ -134,7 +134,7 @@ def test_files_copied_once_by_content_kept_only_when_asked(sshd, fp32_build, tmp
     for o in (out, out2):  # what came back is what the host's runner computes (same machine, same MNN)
         np.testing.assert_allclose(load_cases(o)["case"]["masks"], load_cases(tmp_path / "host.npz")["case"]["masks"],
                                    rtol=1e-5, atol=1e-5)
-    from stages.runtimes.ssh import _SESSIONS
+    from stages.runtimes.ssh_session import SESSIONS as _SESSIONS
 
     session = _SESSIONS[t]
     assert (len(session.copied), session.reused) == (2, 2)  # model and feeds once each, then found by content
@@ -342,7 +342,7 @@ def test_two_files_of_the_same_bytes_are_copied_once_and_both_load(sshd, fp32_bu
     assert _run(t, model, feeds, tmp_path, "a")[0].ok
     res, _ = _run(t, twin, feeds, tmp_path, "twin")
     assert res.ok, res.why
-    from stages.runtimes.ssh import _SESSIONS
+    from stages.runtimes.ssh_session import SESSIONS as _SESSIONS
 
     assert len(_SESSIONS[t].copied) == 2  # the model and the feeds; the twin was there by content
     t.close()

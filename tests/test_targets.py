@@ -17,11 +17,12 @@ import pytest
 from conftest import ROOT_DIR, killing_worker, statuses, write_config
 from stages.config import load_model_config
 from stages.core.errors import ConfigError, PipelineError
-from stages.engine.pipeline import _select, load_pipeline, run_pipeline
+from stages.engine.graph import load_pipeline
+from stages.engine.run import _select, run_pipeline
 from stages.runtimes import arm_env
 from stages.runtimes.targets import HOST, Target, feature_flags, parse_target
-from stages.sam.preprocess import decoder_feeds
 from stages.sam.samples import load_cases, save_cases
+from stages.sam.spec import decoder_feeds
 
 
 def _masks(target: Target, model: Path, feeds: Path, tmp: Path, precision: str) -> tuple[np.ndarray, dict]:

@@ -21,10 +21,14 @@ from tqdm import tqdm
 
 from stages.bench.cells import BenchInputs, cell_base, grid, samples_of, timed_row, workloads
 from stages.bench.remote import target_rows
+from stages.bench.tasks import bench
 from stages.config import load_sweep
-from stages.core.artifacts import SAMPLES_CSV, artifact_paths, atomic_output, file_sha256, machine
+from stages.core.artifacts import SAMPLES_CSV, atomic_output, file_sha256, machine
 from stages.core.isolate import run_isolated
+from stages.core.names import SIM_ONNX, artifact_paths
+from stages.core.status import Status, is_ok
 from stages.runtimes import RUNTIMES, OrtRuntime
+from stages.runtimes.roofline import matmul_rate
 from stages.runtimes.ssh import close_all
 from stages.runtimes.targets import HOST, parse_target
 from stages.sam.preprocess import preprocess_image
@@ -36,7 +40,7 @@ log = logging.getLogger(__name__)
 def roofline(ctx, sweep, threads: list[int]) -> dict[int, float]:
     rates = {}
     for t in threads:
-        res = run_isolated("matmul_rate", {"threads": t, "n": sweep.roofline.matmul_n,
+        res = run_isolated(matmul_rate, {"threads": t, "n": sweep.roofline.matmul_n,
                                            "min_seconds": sweep.roofline.min_seconds},
                            ctx.build / "logs" / f"bench-matmul-t{t}.log", timeout_s=300)
         rates[t] = res.result.get("gflops", float("nan")) if res.ok else float("nan")
@@ -56,7 +60,7 @@ def run(ctx) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-") as d:
         image = preprocess_image(photo)
         # real embeddings of the photo for the decoder-only cells
-        embeddings = OrtRuntime(paths["onnx-sim"]["encoder"], threads=max(sweep.thread_counts()))\
+        embeddings = OrtRuntime(paths[SIM_ONNX]["encoder"], threads=max(sweep.thread_counts()))\
             .run({"image": image})["image_embeddings"]
         inputs = BenchInputs(ctx, sweep, photo_name, photo, image, embeddings, paths, Path(d))
         # each SSH target times its cells one at a time (a device to itself), the targets in parallel; the host's
@@ -113,17 +117,17 @@ def host_rows(inputs: BenchInputs) -> tuple[list[dict], list[dict]]:
             why = (f"{same.why} on this machine ({base['compute_note']}); not timed twice (sweep option "
                    f"identical_settings: run times it)")
         if why:
-            rows.extend({**base, **w, "status": f"skipped: {why}"} for w in loads)
+            rows.extend({**base, **w, "status": str(Status.skipped(why))} for w in loads)
             continue
-        res = run_isolated("bench", {
+        res = run_isolated(bench, {
             "runtime": cell.runtime, "backend": cell.backend, "precision": cell.precision,
             "threads": cell.threads, "component": cell.component, "workloads": loads,
             "encoder": str(art["encoder"]), "decoder": str(art["decoder"]), "feeds": str(feeds),
-            "timing": vars(sweep.timing), "root": str(ctx.root), "options": opts,
+            "timing": vars(sweep.timing), "root": str(ctx.root), "config": str(ctx.cfg.source), "options": opts,
         }, ctx.build / "logs" / f"bench-{cell.key.replace('/', '_')}.log", sweep.timeout_s)
         if not res.ok:
             log.error("bench %s failed: %s", cell.key, res.why)
-            rows.extend({**base, **w, "status": f"failed: {res.why}"} for w in loads)
+            rows.extend({**base, **w, "status": str(Status.failed(res.why))} for w in loads)
             continue
         r = res.result
         if r.get("upsample"):  # what the runtime did: a decoder without low_res_masks runs its own resize
@@ -146,7 +150,7 @@ def _speedups(rows: list[dict]) -> None:
         return (r["component"], r["points"], r["out_h"], r["out_w"], r["threads"], r.get("device", "cpu"),
                 r.get("target", "host"))
 
-    ref = {key(r): r["p50_ms"] for r in rows if r["runtime"] == "torch" and r["status"].startswith("ok")}
+    ref = {key(r): r["p50_ms"] for r in rows if r["runtime"] == "torch" and is_ok(r["status"])}
     for r in rows:
         t = ref.get(key(r))
         r["speedup_vs_torch"] = t / r["p50_ms"] if t and r.get("p50_ms") else float("nan")

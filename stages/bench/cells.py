@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.core.names import RAW_ONNX, SIM_ONNX, artifact_name
+from stages.core.status import Status
 from stages.runtimes import RUNTIMES, Same
-from stages.sam.flops import decoder_flops, encoder_flops
+from stages.sam.flops import component_flops
+from stages.sam.spec import SPECS, parts
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,7 @@ class BenchCell:
         return f"{self.component}/{self.runtime}-{self.backend}/{self.artifact}@{self.precision}{mode}/t{self.threads}"
 
 
-def artifact_name(runtime: str, variant: str) -> str:
-    """Sweep variant -> artifact name shared with parity.csv (torch is the PyTorch model itself)."""
-    return {"torch": "torch", "onnxruntime": variant}.get(runtime, f"{runtime}-{variant}")
-
-
-ALL_VARIANTS = {"torch": ["fp32"], "onnxruntime": ["onnx", "onnx-sim"]}
+ALL_VARIANTS = {"torch": ["fp32"], "onnxruntime": [RAW_ONNX, SIM_ONNX]}
 
 
 def expand_variants(runtime: str, variants: list[str], convert_variants, quant: dict | None = None) -> list[str]:
@@ -69,25 +67,23 @@ def grid(sweep, convert_variants=(), quant: dict | None = None, thread_counts: l
 def masks_made(runtime: str, component: str, options: dict) -> str:
     """Where a row's full-size masks come from: "fp32" (upsampled in numpy, MNN's default), "graph" (the
     decoder's own resize), "" for the encoder."""
-    if component == "encoder":
+    if not any(s.makes_masks for s in parts(component)):
         return ""
     return options.get("upsample", "fp32") if runtime == "mnn" else "graph"
 
 
 def workloads(sweep, component: str, photo_hw: tuple[int, int]) -> list[dict]:
-    if component == "encoder":
-        return [{"points": 0, "out_size": list(photo_hw)}]
+    """The component that makes masks (the decoder) at every point count and mask size of the sweep; e2e at its
+    point count and the photo's size; the encoder once."""
     if component == "e2e":
         return [{"points": sweep.e2e_points, "out_size": list(photo_hw)}]
+    if not SPECS[component].makes_masks:
+        return [{"points": 0, "out_size": list(photo_hw)}]
     return [{"points": p, "out_size": list(s)} for p in sweep.decoder.points for s in sweep.decoder.out_sizes]
 
 
 def flops_of(builder: str, component: str, points: int) -> float:
-    if component == "encoder":
-        return encoder_flops(builder)
-    if component == "decoder":
-        return decoder_flops(builder, points)
-    return encoder_flops(builder) + decoder_flops(builder, points)
+    return sum(component_flops(builder, s.name, points) for s in parts(component))
 
 
 
@@ -109,7 +105,7 @@ class BenchInputs:
         art = self.paths.get(cell.artifact)
         if art is None:
             return None, [], f"no artifact {cell.artifact!r} in this pipeline (variants: {', '.join(self.paths)})"
-        needed = [Path(art[c]) for c in (["encoder", "decoder"] if cell.component == "e2e" else [cell.component])]
+        needed = [Path(art[s.name]) for s in parts(cell.component)]
         missing = [p for p in needed if not p.exists()]
         return art, needed, (f"{self.ctx.rel(missing[0])} missing" if missing else None)
 
@@ -128,7 +124,7 @@ def cell_base(inputs: BenchInputs, cell: BenchCell, flags: set[str], target: str
     compute = RUNTIMES[cell.runtime].arithmetic(cell.backend, cell.precision, opts, kind, flags)
     base.update(compute, variant_kind=kind)
     same = RUNTIMES[cell.runtime].identical_to(cell.precision, opts, kind, cell.backend, flags)
-    if same is None and cell.component == "encoder" and "upsample" in opts:
+    if same is None and not any(s.makes_masks for s in parts(cell.component)) and "upsample" in opts:
         same = Same(cell.precision, {k: v for k, v in opts.items() if k != "upsample"},
                     "upsample applies to the decoder only: the encoder computes exactly what it does without it")
     base["upsample"] = masks_made(cell.runtime, cell.component, opts)
@@ -147,7 +143,7 @@ def samples_of(key: str, w: dict) -> list[dict]:
 def timed_row(ctx, cell: BenchCell, base: dict, w: dict, rate: float, r: dict, sha: str) -> dict:
     flops = flops_of(ctx.cfg.builder, cell.component, w["points"])
     gflops = flops / (w["p50_ms"] / 1000) / 1e9
-    return {**base, **w, "status": "ok" if w["valid"] else "ok: fewer runs than min_runs",
+    return {**base, **w, "status": str(Status.ok() if w["valid"] else Status.ok("fewer runs than min_runs")),
             "load_s": r["load_seconds"], "peak_rss_mb": r["peak_rss_mb"], "os_threads": r["os_threads"],
             "gflop": flops / 1e9, "achieved_gflops": gflops, "matmul_gflops": rate, "roofline_frac": gflops / rate,
             "runtime_version": r.get("runtime_version") or r.get("mnn_version"), "artifact_sha256": sha}

@@ -17,22 +17,20 @@ import threading
 from stages.bench.cells import BenchCell, BenchInputs, cell_base, grid, samples_of, timed_row, workloads
 from stages.core.artifacts import file_sha256
 from stages.core.errors import PipelineError
+from stages.core.status import Status
 from stages.runtimes.targets import feature_flags
-from stages.sam.preprocess import bench_prompt, decoder_feeds
 from stages.sam.samples import save_cases
+from stages.sam.spec import SPECS
 
 log = logging.getLogger(__name__)
 
 
 def _feeds(inputs: BenchInputs, component: str, loads: list[dict]):
     """One case per workload: the encoder's image, or the decoder's prompt at each output size."""
-    if component == "encoder":
-        return save_cases(inputs.tmp / "target-encoder.npz", {"w0": {"image": inputs.image}})
-    cases = {}
-    for i, w in enumerate(loads):
-        pts, labels = bench_prompt(w["points"], w["out_size"])
-        cases[f"w{i}"] = decoder_feeds(inputs.embeddings, pts, labels, tuple(w["out_size"]))
-    return save_cases(inputs.tmp / f"target-decoder-{len(loads)}.npz", cases)
+    spec = SPECS[component]
+    cases = {f"w{i}": spec.workload_feeds(inputs.image, inputs.embeddings, w["points"], w["out_size"])
+             for i, w in enumerate(loads)}
+    return save_cases(inputs.tmp / f"target-{component}-{len(loads)}.npz", cases)
 
 
 def about_columns(target, about: dict) -> dict:
@@ -76,7 +74,7 @@ def target_rows(inputs: BenchInputs, target, stop: threading.Event) -> tuple[lis
         if why is None and stop.is_set():
             why = "the run was interrupted before this cell"
         if why:
-            rows.extend({**base, **w, "status": f"{'failed' if down else 'skipped'}: {why}"} for w in loads)
+            rows.extend({**base, **w, "status": str(Status.failed(why) if down else Status.skipped(why))} for w in loads)
             continue
         rows_, samples_ = _time_cell(inputs, target, cell, base, opts, loads, needed)
         rows.extend(rows_)
@@ -97,7 +95,7 @@ def _time_cell(inputs: BenchInputs, target, cell: BenchCell, base: dict, opts: d
     ctx, sweep = inputs.ctx, inputs.sweep
     settings = {"threads": cell.threads, "precision": cell.precision, "backend": cell.backend,
                 **{k: v for k, v in opts.items() if k != "upsample"}}
-    if cell.component == "decoder":
+    if SPECS[cell.component].makes_masks:
         settings["upsample"] = opts.get("upsample", "fp32")  # MNN's default here, as on the host (masks_made)
     log_file = ctx.build / "logs" / f"bench-{re.sub(r'[^A-Za-z0-9.-]+', '-', target.name)}-{cell.key.replace('/', '_')}.log"
     res = target.run({"model": str(needed[0]), "feeds": str(_feeds(inputs, cell.component, loads)),
@@ -106,9 +104,9 @@ def _time_cell(inputs: BenchInputs, target, cell: BenchCell, base: dict, opts: d
         res.ok, res.error = False, f"outputs {', '.join(res.result['nonfinite_outputs'])} hold NaN or Inf"
     if not res.ok:
         log.error("bench %s on %s failed: %s", cell.key, target.name, res.why)
-        return [{**base, **w, "status": f"failed: {res.why}"} for w in loads], []
+        return [{**base, **w, "status": str(Status.failed(res.why))} for w in loads], []
     r = res.result
-    if cell.component == "decoder":
+    if SPECS[cell.component].makes_masks:
         base["upsample"] = r.get("upsample", base["upsample"])
     sha = ",".join(file_sha256(p)[:16] for p in needed)
     rows, samples = [], []

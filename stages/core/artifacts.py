@@ -13,8 +13,6 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
-
 PARTIAL_MARK = ".partial"
 SAMPLES_CSV = "latency_samples.csv"  # beside latency.csv: every timed run of every ok cell (bench writes it)
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "onnxslim", "MNN")
@@ -138,6 +136,8 @@ def describe_file(path: Path) -> dict[str, object]:
 
 def write_csv(path: Path, rows: list[dict], first: list[str] | None = None) -> None:
     """Write rows as a CSV in one go (never appended to), columns in first-seen order, atomically."""
+    import pandas as pd  # here: task modules that a child process imports (stages/convert.py) import this module
+
     cols: list[str] = list(first or [])
     for r in rows:
         for k in r:
@@ -146,20 +146,3 @@ def write_csv(path: Path, rows: list[dict], first: list[str] | None = None) -> N
     df = pd.DataFrame(rows, columns=cols)
     with atomic_output(path) as tmp:
         df.to_csv(tmp, index=False)
-
-
-def artifact_paths(cells, quant: dict | None = None) -> dict[str, dict[str, Path]]:
-    """{artifact: {component: path}} from the cells of a stage whose deps are, per (component, variant, quant):
-    raw ONNX, simplified ONNX, MNN variant, full-int8 variant (parity and bench declare them so in
-    pipeline.yaml). `quant`: quantize.variants, which names the int8 artifacts (mnn-int8, ort-int8-static)."""
-    paths: dict[str, dict[str, Path]] = {}
-    for c in cells:
-        raw, sim, mnn = c.deps[:3]
-        comp, variant = c.values["component"], c.values["variant"]
-        paths.setdefault("onnx", {})[comp] = raw
-        paths.setdefault("onnx-sim", {})[comp] = sim
-        paths.setdefault(f"mnn-{variant}", {})[comp] = mnn
-        q = c.values.get("quant")
-        if q is not None and quant is not None and len(c.deps) > 3:
-            paths.setdefault(quant[q].artifact(q), {})[comp] = c.deps[3]
-    return paths

@@ -1,7 +1,10 @@
 """Run native tools (MNN converter, quantizer, runtimes) in a child process, so a segfault fails one cell.
 
-The child is `python -m stages.core.worker TASK REQUEST.json`; it writes its result as JSON. Its output goes to a
-log file that is kept; on failure the caller gets the exit signal and the last lines of that log.
+A task is a function `task(request: dict) -> dict` in the module of what uses it (the bench's in
+stages/bench/tasks.py, the converter's in stages/convert.py, ...). The child is `python -m stages.core.child MODULE
+TASK REQUEST.json` (stages/core/child.py); it writes the task's result as JSON. Its output goes to a log file that is
+kept; on failure the caller gets the exit signal and the last lines of that log. This module imports nothing of the
+project: a stage that isolates a task imports the task's module itself, so its code hash covers that code only.
 """
 
 from __future__ import annotations
@@ -13,11 +16,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from stages.core import worker  # noqa: F401  the child's code: imported so stages that run it hash it too
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +50,29 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-def run_isolated(task: str, request: dict[str, Any], log_file: Path, timeout_s: float) -> IsolatedResult:
-    """Run worker `task` with `request` in a child process; never raises for a crash or a timeout."""
+Task = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def task_name(task: Task | str) -> tuple[str, str]:
+    """(module, function) of a task function, or of "module:function"."""
+    if isinstance(task, str):
+        module, _, function = task.partition(":")
+        if not module or not function:
+            raise ValueError(f"task {task!r} is not 'module:function'")
+        return module, function
+    return task.__module__, task.__name__
+
+
+def run_isolated(task: Task | str, request: dict[str, Any], log_file: Path, timeout_s: float) -> IsolatedResult:
+    """Run `task` (a function, or "module:function") with `request` in a child process; never raises for a crash
+    or a timeout. Errors name the task by its function's name."""
+    module, function = task_name(task)
     # the package comes from this process's tree
     tree = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH", "")) if p)}
-    return run_process([sys.executable, "-m", "stages.core.worker", task], request, log_file, timeout_s, env, task)
+    return run_process([sys.executable, "-m", "stages.core.child", module, function], request, log_file, timeout_s,
+                       env, function)
 
 
 def run_process(argv: list[str], request: dict[str, Any], log_file: Path, timeout_s: float,

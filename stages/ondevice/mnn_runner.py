@@ -15,18 +15,16 @@ RESULT:  {"mnn_version", "machine", "cpu_features" (what MNN reports about the C
           "python", "inputs", "outputs", "load_seconds", "run_seconds": [one per case], "cases", "timings": [one per
           case, with timing], "peak_rss_mb", "os_threads"} or {"error": "..."}
 Every case runs in the order given; a crash (segfault) leaves no result file and the caller reports the exit.
-A target gets this file and stages/ondevice/timing.py (stdlib only) side by side, and nothing else of the project.
+A target gets this file and its siblings masks.py (numpy), process.py and timing.py (stdlib) side by side, and
+nothing else of the project.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +32,13 @@ if __name__ == "__main__":  # on a target: one BLAS thread, set before numpy loa
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+
+try:  # on a target masks.py and process.py lie beside this file; in the project they are in stages/ondevice/
+    from masks import IMAGE_SIZE, resized_shape, upsample_masks  # noqa: F401
+    from process import captured_stdout, cpu_model, process_stats, single_threaded_blas
+except ImportError:
+    from stages.ondevice.masks import IMAGE_SIZE, resized_shape, upsample_masks  # noqa: F401
+    from stages.ondevice.process import captured_stdout, cpu_model, process_stats, single_threaded_blas
 
 # pymnn's runtime config (getScheduleConfig in pymnn/src/util.h, MNN 3.6.1) takes integers: the backend as
 # MNN's forward type (its strings must be upper case: "OpenCL" raises "backend not support" even in builds
@@ -45,65 +50,6 @@ MNN_MODES = {"normal": 0, "high": 1, "low": 2}  # memory and power
 CASE_SEP = "::"
 FEATURES_PREFIX = "The device supports:"
 UPSAMPLE = ("graph", "fp32")  # where a SAM decoder's masks are made: its in-graph resize, or here in fp32 numpy
-IMAGE_SIZE = 1024  # SAM's input side
-
-
-def resized_shape(h: int, w: int, target: int = IMAGE_SIZE) -> tuple[int, int]:
-    """(new_h, new_w) with the longest side scaled to `target`, rounded as SAM rounds."""
-    scale = target / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
-def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] weights of torch's F.interpolate(mode="bilinear", align_corners=False) along one axis:
-    source position (i + 0.5) * n_in / n_out - 0.5, clamped at 0; two taps; no antialiasing."""
-    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = src - i0
-    m = np.zeros((n_out, n_in), np.float32)
-    np.add.at(m, (np.arange(n_out), i0), (1.0 - w1).astype(np.float32))
-    np.add.at(m, (np.arange(n_out), i1), w1.astype(np.float32))
-    return m
-
-
-def _blocks(m: np.ndarray, chunk: int = 64) -> list[tuple[int, int, int, int, np.ndarray]]:
-    """A sparse [n_out, n_in] matrix as blocks of `chunk` rows over only the columns they use."""
-    out = []
-    for j0 in range(0, m.shape[0], chunk):
-        rows = m[j0 : j0 + chunk]
-        nz = np.flatnonzero(rows.any(axis=0))
-        out.append((j0, j0 + len(rows), int(nz[0]), int(nz[-1]) + 1, np.ascontiguousarray(rows[:, nz[0] : nz[-1] + 1])))
-    return out
-
-
-@functools.lru_cache(maxsize=8)
-def _upsample_blocks(h: int, w: int, lh: int, lw: int, target: int) -> tuple[list, list]:
-    """Row and column blocks of SAM's two bilinear steps (to target, crop, to h x w) as one matrix per axis."""
-    ph, pw = resized_shape(h, w, target)
-    rows = _bilinear_matrix(ph, h) @ _bilinear_matrix(lh, target)[:ph]  # [h, lh]: both steps, one matrix
-    cols = _bilinear_matrix(pw, w) @ _bilinear_matrix(lw, target)[:pw]  # [w, lw]
-    return _blocks(rows), _blocks(cols)
-
-
-def upsample_masks(low_res: np.ndarray, orig_hw, target: int = IMAGE_SIZE) -> np.ndarray:
-    """SAM's mask postprocessing in fp32 numpy (SamOnnxModel.mask_postprocessing without torch): low_res_masks
-    [..., 256, 256] -> bilinear to target x target, crop the padding, bilinear to the original size. Both steps
-    per axis are one matrix, applied in blocks over the few inputs each output reaches (about 2 ms for
-    1200x1800 on 2 cores; the dense product took 16-25 ms). Used where the decoder's in-graph resize is slow or
-    cannot be trusted (MNN computes it in fp16 at precision low on ARM)."""
-    h, w = (int(v) for v in np.asarray(orig_hw).ravel()[:2])
-    row_blocks, col_blocks = _upsample_blocks(h, w, *low_res.shape[-2:], target)
-    x = low_res.astype(np.float32, copy=False)
-    y = np.empty((*x.shape[:-1], w), np.float32)
-    for j0, j1, lo, hi, m in col_blocks:
-        y[..., j0:j1] = x[..., lo:hi] @ m.T
-    out = np.empty((*x.shape[:-2], h, w), np.float32)
-    for j0, j1, lo, hi, m in row_blocks:
-        out[..., j0:j1, :] = m @ y[..., lo:hi, :]
-    return out
-
-
 class RunnerError(Exception):
     """A request MNN cannot serve (bad setting, missing or foreign model file): a message, not a crash."""
 
@@ -114,40 +60,7 @@ def mnn_schedule(backend: str, threads: int, precision: str, memory: str = "norm
             "memory": MNN_MODES[memory], "power": MNN_MODES[power]}
 
 
-def _flush_c_stdio() -> None:
-    """Flush C's stdio buffers: where stdout is a pipe (an SSH session), printf's lines sit in a buffer and
-    would reach the file descriptor only after it has been put back."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):
-        pass
-
-
-@contextlib.contextmanager
-def captured_stdout(into: list[str]):
-    """Capture what native code prints on file descriptor 1 (MNN prints the CPU features with printf),
-    echo it to the real stdout afterwards (the caller's log keeps it), and add its lines to `into`."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 1)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            _flush_c_stdio()
-            os.dup2(saved, 1)
-            os.close(saved)
-            tmp.seek(0)
-            text = tmp.read().decode(errors="replace")
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            into.extend(text.splitlines())
-
-
-_FEATURES: list[str] = []
+_FEATURES: list[str] = []  # what MNN printed at import
 
 
 def import_mnn():
@@ -168,29 +81,6 @@ def cpu_features() -> str:
         if line.startswith(FEATURES_PREFIX):
             return " ".join(p.replace(" ", "") for p in line[len(FEATURES_PREFIX):].split(",") if p.strip())
     return ""
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller():
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # a target: this file ran as a script, which set OPENBLAS_NUM_THREADS=1 before numpy loaded
-        return None
-    return ThreadpoolController()
-
-
-@contextlib.contextmanager
-def single_threaded_blas():
-    """numpy's OpenBLAS threads busy-wait after each call and take the cores MNN's own threads need: vit_t's
-    decoder with its masks upsampled in numpy (2 ms of BLAS) ran 2x slower than without, in a loop, until that
-    BLAS work ran on one thread (same 2 ms: the blocks are small). Limited only around the runner's own numpy
-    work, so the caller's numpy (preprocessing) keeps its threads."""
-    ctl = _blas_controller()
-    if ctl is None:
-        yield
-        return
-    with ctl.limit(limits=1, user_api="blas"):
-        yield
 
 
 class MnnModel:
@@ -276,24 +166,6 @@ def _cases(path: str) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def cpu_model() -> str:
-    """The CPU's name as the kernel reports it (x86 "model name", ARM "Hardware" / "Model" or the part number)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields: dict[str, str] = {}
-    for line in info.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    for key in ("model name", "Model", "Hardware", "cpu model"):
-        if fields.get(key):
-            return fields[key]
-    if fields.get("CPU part"):
-        return f"ARM implementer {fields.get('CPU implementer', '?')} part {fields['CPU part']}"
-    return platform.processor() or platform.machine()
-
-
 def about() -> dict:
     """What the target is: MNN's version, the machine, its CPU and cores, and the CPU features MNN reports."""
     mnn = import_mnn()
@@ -326,21 +198,6 @@ def backends(names: list[str]) -> dict[str, str | None]:
         fell_back = any("Can't Find type=" in line for line in said)
         out[name] = f"MNN backend {name} is not in this MNN build (MNN falls back to the CPU)" if fell_back else None
     return out
-
-
-def process_stats() -> dict:
-    """Peak resident memory (VmHWM: getrusage's ru_maxrss carries the forking parent's over exec) and the
-    number of OS threads of this process."""
-    stats = {"peak_rss_mb": float("nan"), "os_threads": 0}
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                stats["peak_rss_mb"] = int(line.split()[1]) / 1024
-            elif line.startswith("Threads:"):
-                stats["os_threads"] = int(line.split()[1])
-    except OSError:
-        pass
-    return stats
 
 
 def _stop_rule(spec: dict):

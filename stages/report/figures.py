@@ -13,17 +13,17 @@ import pandas as pd  # noqa: E402
 
 from stages.core.artifacts import atomic_output  # noqa: E402
 
-__all__ = ["plt", "_md", "_save"]
+__all__ = ["markdown_table", "plt", "save_figure"]
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
-def _md(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "(none)\n"
     cols = list(df.columns)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.report.figures import _md, _save, plt
+from stages.core.status import OK, has_kind
+from stages.report.figures import markdown_table, plt, save_figure
 
 COLUMNS = ["component", "artifact", "precision", "mode", "threads", "points", "out_h", "out_w", "p50_ms", "p90_ms",
            "runs", "fp16_compute", "int8_compute", "status"]
@@ -34,7 +35,7 @@ def split(lat: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _best(rows: pd.DataFrame) -> pd.DataFrame:
     """Each target's fastest MNN cell per (component, workload, threads): the line the plot draws."""
-    ok = rows[rows["status"].astype(str).str.startswith("ok") & (rows["runtime"] == "mnn")]
+    ok = rows[has_kind(rows["status"], OK) & (rows["runtime"] == "mnn")]
     if ok.empty:
         return ok
     return ok.loc[ok.groupby(["target", "component", "points", "out_h", "out_w", "threads"])["p50_ms"].idxmin()]
@@ -62,12 +63,12 @@ def plot(host: pd.DataFrame, remote: pd.DataFrame, path: Path) -> bool:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("Fastest MNN cell per target (each measured on its own CPU)")
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
 def _table(g: pd.DataFrame) -> str:
-    ok = g[g["status"].astype(str).str.startswith("ok") & (g["runtime"] == "mnn")]
+    ok = g[has_kind(g["status"], OK) & (g["runtime"] == "mnn")]
     cols = [c for c in COLUMNS if c in g.columns]
     if ok.empty:
         return "(no MNN cell timed)\n"
@@ -75,7 +76,7 @@ def _table(g: pd.DataFrame) -> str:
     for c in ("threads", "points", "out_h", "out_w", "runs"):
         if c in t.columns:
             t[c] = t[c].astype("Int64")
-    return _md(t)
+    return markdown_table(t)
 
 
 def section(host: pd.DataFrame, remote: pd.DataFrame, plot_path: Path | None) -> str:
@@ -94,7 +95,7 @@ def section(host: pd.DataFrame, remote: pd.DataFrame, plot_path: Path | None) ->
                    f"are this machine's).\n\n" + _table(host))
     for target, g in remote.groupby("target", sort=True):
         first = g.iloc[0]
-        ok = g["status"].astype(str).str.startswith("ok")
+        ok = has_kind(g["status"], OK)
         out.append(f"\n### {target}\n\n{first.get('cpu', '?')}, {first.get('cores', '?')} cores, "
                    f"{first.get('target_machine', '?')}, MNN {first.get('target_mnn', '?')}, backends: "
                    f"{first.get('target_backends', '') or 'none answered'}. {ok.sum()} of {len(g)} rows timed.\n\n")

@@ -17,30 +17,20 @@ without numpy or MNN, a full disk: each fails that call with a message and the t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shlex
-import shutil
 import signal
-import subprocess
-import tempfile
 import threading
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from stages.core.artifacts import file_sha256
 from stages.core.errors import ConfigError, PipelineError
-from stages.core.isolate import IsolatedResult, describe_exit
+from stages.core.isolate import IsolatedResult
+from stages.runtimes.ssh_session import SESSIONS, SESSIONS_LOCK, TargetDown, session, tail
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DIR = ".cache/sam-deploy"
-SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
-               "-o", "ServerAliveCountMax=2")
-PIP_NAMES = {"numpy": "numpy", "MNN": "MNN"}
 
 
 @dataclass(frozen=True)
@@ -72,10 +62,10 @@ class SshTarget:
         """The runner there with `request`; its local paths ("model", "feeds", "out") are copied there and back.
         Never raises for a fault on the target or the way there: the result says what went wrong."""
         try:
-            return _session(self).run(request, log_file, timeout_s)
+            return session(self).run(request, log_file, timeout_s)
         except TargetDown as e:
-            tail = _tail(log_file)
-            return IsolatedResult(ok=False, returncode=None, error=str(e), log_tail=tail)
+            said = tail(log_file)
+            return IsolatedResult(ok=False, returncode=None, error=str(e), log_tail=said)
 
     def probe(self, log_file: Path, timeout_s: float = 300) -> dict:
         """What the target is (MNN version, machine, CPU model, cores, CPU features) and which MNN backends open
@@ -100,8 +90,8 @@ class SshTarget:
 
     def close(self) -> None:
         """Remove this run's folder on the target and, unless keep, the files it copied there."""
-        with _LOCK:
-            session = _SESSIONS.pop(self, None)
+        with SESSIONS_LOCK:
+            session = SESSIONS.pop(self, None)
         if session is not None:
             session.close()
 
@@ -130,273 +120,9 @@ def parse_ssh(spec: str, where: str = "target") -> SshTarget:
                      query.get("dir") or DEFAULT_DIR, query.get("keep", "0") in ("1", "true"), query.get("config", ""))
 
 
-class TargetDown(Exception):
-    """The target could not be reached, or a step around the runner failed there (copying, a full disk)."""
-
-
-_LOCK = threading.Lock()
-_SESSIONS: dict[SshTarget, _Session] = {}
-
-
-def _session(target: SshTarget) -> _Session:
-    with _LOCK:
-        if target not in _SESSIONS:
-            _SESSIONS[target] = _Session(target)
-        session = _SESSIONS[target]
-    session.start()
-    return session
-
-
-def _tail(log_file: Path, lines: int = 12) -> str:
-    try:
-        return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def content_hash(path: Path) -> str:
-    """sha256 of a file (cached by path, size and mtime: an artifact is hashed once per process)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = file_sha256(path)
-    return _SHA_CACHE[key]
-
-
-@dataclass
-class _Session:
-    """One run's connection to a target: its folders there, what is there by content, and what was copied."""
-
-    target: SshTarget
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    started: bool = False
-    known: set[str] = field(default_factory=set)  # content hashes already in DIR/files
-    copied: list[str] = field(default_factory=list)  # hashes this run copied there
-    copied_bytes: int = 0
-    reused: int = 0
-    calls: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    control: str = ""
-    folder: str = ""  # the target's folder, absolute, once started
-
-    @property
-    def run_dir(self) -> str:
-        return f"{self.folder}/runs/{self.run_id}"
-
-    def _options(self) -> list[str]:
-        opts = [*SSH_OPTIONS]
-        if self.target.config:
-            opts = ["-F", self.target.config, *opts]
-        if self.control:
-            opts += ["-o", f"ControlPath={self.control}/%C", "-o", "ControlMaster=no"]
-        return opts
-
-    def ssh_argv(self, command: str) -> list[str]:
-        return ["ssh", *self._options(), "-p", str(self.target.port), self.target.destination, command]
-
-    def remote(self, command: str, what: str, timeout_s: float = 120, stdin: bytes | None = None) -> str:
-        """Run a shell command there; its stdout. A refusal, a drop or a failing command raises TargetDown."""
-        try:
-            res = subprocess.run(self.ssh_argv(command), input=stdin, capture_output=True, timeout=timeout_s,
-                                 stdin=None if stdin is not None else subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise TargetDown(f"{what} on {self.target.name} timed out after {timeout_s:.0f} s") from None
-        if res.returncode != 0:
-            raise TargetDown(_explain(self.target, what, res.returncode, res.stderr.decode(errors="replace")))
-        return res.stdout.decode(errors="replace")
-
-    def start(self) -> None:
-        with self.lock:
-            if self.started:
-                return
-            self.control = tempfile.mkdtemp(prefix="sam-ssh-")
-            # one master connection for the run's many ssh/scp calls (a login costs 0.1-1 s); it stops itself
-            # 60 s after the last use, and close() stops it at once. Its output goes to a file: a master holding
-            # a pipe open would keep the caller waiting.
-            with open(Path(self.control) / "master.log", "w") as out:
-                master = ["ssh", *(["-F", self.target.config] if self.target.config else []), *SSH_OPTIONS,
-                          "-o", f"ControlPath={self.control}/%C", "-o", "ControlMaster=yes",
-                          "-o", "ControlPersist=60", "-f", "-N", "-p", str(self.target.port), self.target.destination]
-                try:
-                    rc = subprocess.run(master, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=60).returncode
-                except subprocess.TimeoutExpired:
-                    rc = 255
-            if rc != 0:
-                said = (Path(self.control) / "master.log").read_text(errors="replace")
-                shutil.rmtree(self.control, ignore_errors=True)
-                self.control = ""
-                raise TargetDown(_explain(self.target, "connecting", rc, said))
-            # the folder as an absolute path there (a relative one is under the login's home; the runner runs
-            # in the run folder, so every path it is given must be absolute)
-            folder = shlex.quote(self.target.folder)
-            listing = self.remote(f"mkdir -p {folder}/files {folder}/runs/{self.run_id} && cd {folder} && pwd && "
-                                  f"ls files", "making the run folder").split("\n", 1)
-            self.folder = listing[0].strip()
-            self.known = {n for n in (listing[1] if len(listing) > 1 else "").split() if len(n) == 64}
-            from stages.runtimes.targets import RUNNER_FILES
-
-            for f in RUNNER_FILES:
-                self.put(f, f"{self.run_dir}/{f.name}", "copying the runner")
-            self.started = True
-            log.info("target %s: run folder %s (%d files already there by content)", self.target.name, self.run_dir,
-                     len(self.known))
-
-    def put(self, local: Path, there: str, what: str) -> None:
-        """Copy a file there through the shell (`cat >`): needs no SFTP server, which boards often lack."""
-        with open(local, "rb") as f:
-            res = subprocess.run(self.ssh_argv(f"cat > {shlex.quote(there)}"), stdin=f, capture_output=True)
-        if res.returncode != 0:
-            raise TargetDown(_explain(self.target, what, res.returncode, res.stderr.decode(errors="replace")))
-
-    def get(self, there: str, local: Path, what: str) -> None:
-        with open(local, "wb") as f:
-            res = subprocess.run(self.ssh_argv(f"cat {shlex.quote(there)}"), stdout=f, stderr=subprocess.PIPE,
-                                 stdin=subprocess.DEVNULL)
-        if res.returncode != 0:
-            raise TargetDown(_explain(self.target, what, res.returncode, res.stderr.decode(errors="replace")))
-
-    def stage(self, local: Path) -> str:
-        """The path there of a local file (and of its `.weight` companion, which MNN loads from beside it),
-        copying it once: by content, so what is already there is not copied again. Stored under a name of the
-        content's (two variants can be the same bytes: vit_t's decoder.fp32-static.mnn is decoder.fp32.mnn)."""
-        weight = local.with_name(local.name + ".weight")
-        files = [local, *([weight] if weight.exists() else [])]
-        sha = content_hash(local) if len(files) == 1 else hashlib.sha256(
-            "".join(content_hash(f) for f in files).encode()).hexdigest()
-        there = f"{self.folder}/files/{sha}"
-        name = "content" + "".join(local.suffixes[-1:])  # MNN reads <model>.weight beside <model>
-        with self.lock:
-            if sha in self.known:
-                self.reused += 1
-                return f"{there}/{name}"
-            part = f"{there}.part-{self.run_id}"
-            self.remote(f"mkdir -p {shlex.quote(part)}", "making a file folder")
-            for f, to in zip(files, [name, name + ".weight"], strict=False):
-                self.put(f, f"{part}/{to}", f"copying {f.name}")
-            self.remote(f"rm -rf {shlex.quote(there)} && mv {shlex.quote(part)} {shlex.quote(there)}",
-                        f"storing {local.name}")
-            self.known.add(sha)
-            self.copied.append(sha)
-            self.copied_bytes += sum(f.stat().st_size for f in files)
-            return f"{there}/{name}"
-
-    def run(self, request: dict, log_file: Path, timeout_s: float) -> IsolatedResult:
-        with self.lock:
-            self.calls += 1
-            n = self.calls
-        req = dict(request)
-        for key in ("model", "feeds"):
-            if key in req:
-                req[key] = self.stage(Path(req[key]))
-        local_out = req.pop("out", None)
-        if local_out:
-            req["out"] = f"out-{n}.npz"
-        req["result_file"] = f"result-{n}.json"
-        # in the background and waited for, so the shell's exit status tells a signal (128 + N) from a dropped
-        # connection (ssh's 255, also what an exec'd process killed by a signal gives), and its pid is known
-        command = (f"cd {shlex.quote(self.run_dir)} && cat > request-{n}.json && "
-                   f"{{ OPENBLAS_NUM_THREADS=1 {self.target.python} mnn_runner.py request-{n}.json & }} && "
-                   f"echo $! > call-{n}.pid && wait $!")
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        what = f"MNN runner on {self.target.name}"
-        with open(log_file, "w") as out:
-            proc = subprocess.Popen(self.ssh_argv(command), stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT)
-            try:
-                proc.stdin.write(json.dumps(req).encode())
-                proc.stdin.close()
-                rc = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                self._kill_call(n)
-                return IsolatedResult(False, None, error=f"{what} timed out after {timeout_s:.0f} s and was killed",
-                                      log_tail=_tail(log_file))
-            except BaseException:  # Ctrl-C: take the call down there too (close() then removes the folder)
-                proc.kill()
-                proc.wait()
-                self._kill_call(n)
-                raise
-        if rc == -signal.SIGINT:  # Ctrl-C reached this ssh too (it shares the terminal's process group)
-            self._kill_call(n)
-            raise KeyboardInterrupt
-        tail = _tail(log_file)
-        if rc != 0:
-            return IsolatedResult(False, rc, error=_explain(self.target, "the MNN runner", rc, tail), log_tail=tail)
-        with tempfile.TemporaryDirectory(prefix="sam-ssh-result-") as d:
-            try:
-                self.get(f"{self.run_dir}/result-{n}.json", Path(d) / f"result-{n}.json", "fetching the result")
-                if local_out:
-                    self.get(f"{self.run_dir}/out-{n}.npz", Path(d) / f"out-{n}.npz", "fetching the outputs")
-            except TargetDown as e:
-                return IsolatedResult(False, rc, error=str(e), log_tail=tail)
-            result = json.loads((Path(d) / f"result-{n}.json").read_text())
-            if local_out and (Path(d) / f"out-{n}.npz").exists():
-                shutil.move(str(Path(d) / f"out-{n}.npz"), local_out)
-        self.remote_quiet(f"cd {shlex.quote(self.run_dir)} && rm -f out-{n}.npz call-{n}.pid")
-        error = result.get("error", "")
-        return IsolatedResult(ok=not error, returncode=rc, result=result, error=error, log_tail=tail)
-
-    def remote_quiet(self, command: str) -> None:
-        """Best effort (cleaning up): a failure is logged, never raised."""
-        try:
-            self.remote(command, "cleaning up", timeout_s=60)
-        except TargetDown as e:
-            log.warning("%s", e)
-
-    def _kill_call(self, n: int) -> None:
-        self.remote_quiet(f"cd {shlex.quote(self.run_dir)} && kill -9 $(cat call-{n}.pid) 2>/dev/null; true")
-
-    def close(self) -> None:
-        if self.started:
-            gone = [] if self.target.keep else [f"{self.folder}/files/{sha}" for sha in self.copied]
-            kill = f"for p in {shlex.quote(self.run_dir)}/call-*.pid; do [ -f \"$p\" ] && kill -9 $(cat \"$p\") 2>/dev/null; done; "
-            keep = self.target.keep
-            self.remote_quiet(kill + ("true" if keep else "rm -rf " + " ".join(shlex.quote(p) for p in [self.run_dir, *gone])))
-            log.info("target %s: copied %d files (%.1f MB), %d already there; %s", self.target.name, len(self.copied),
-                     self.copied_bytes / 1e6, self.reused,
-                     f"kept in {self.folder}" if keep else "run folder and copied files removed")
-        if self.control:
-            subprocess.run(["ssh", *self._options()[:-2], "-O", "exit", "-p", str(self.target.port),
-                            self.target.destination], capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
-            shutil.rmtree(self.control, ignore_errors=True)
-
-
-def _explain(target: SshTarget, what: str, rc: int, said: str) -> str:
-    """One line for a CSV status: what failed there, and what to do about it."""
-    lines = [ln.strip() for ln in said.splitlines() if ln.strip()]
-    last = lines[-1] if lines else ""
-    text = " ".join(lines)
-    if "No space left on device" in text or "disk quota" in text.lower():
-        return f"{what} on {target.name}: the target's disk is full ({target.folder}): {last}"
-    if rc == 255:
-        if "Host key verification failed" in text:
-            return (f"{what}: the host key of {target.name} is not in known_hosts: connect once with `ssh -p "
-                    f"{target.port} {target.destination}`, check the key and accept it")
-        if "Permission denied" in text:
-            return (f"{what}: {target.name} refused the login ({last}): install a key there (ssh-copy-id -p "
-                    f"{target.port} {target.destination}); passwords are never used")
-        return f"{what}: the SSH connection to {target.name} failed or dropped ({last or 'no message'})"
-    for module, pip in PIP_NAMES.items():
-        if f"No module named '{module}'" in text:
-            import importlib.metadata
-
-            version = importlib.metadata.version(pip) if pip == "MNN" else ""
-            return (f"{what} on {target.name}: its Python ({target.python}) has no {module}: run `{target.python} -m "
-                    f"pip install {pip}{'==' + version if version else ''}` there")
-    if rc == 127:
-        return (f"{what} on {target.name}: {target.python} was not found there ({last}): install Python 3 with "
-                f"numpy and MNN there, or name it with ?python=/path/to/python3")
-    if rc > 128:  # the remote shell's way of saying "killed by signal N"
-        return f"{what} on {target.name} {describe_exit(128 - rc)}"
-    return f"{what} on {target.name} {describe_exit(rc)}" + (f": {last}" if last else "")
-
-
 def close_all(targets) -> None:
     """close() every SSH target among `targets` (the others have nothing to clean up). After Ctrl-C the runner
-    also sends SIGTERM to the stage (stages/engine/pipeline.py), which would cut this cleanup short: in the main thread
+    also sends SIGTERM to the stage (stages/engine/process.py), which would cut this cleanup short: in the main thread
     SIGINT and SIGTERM wait until it is done (each remote step is bounded by its timeout)."""
     shield = threading.current_thread() is threading.main_thread()
     saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if shield else {}

@@ -21,10 +21,8 @@ from pathlib import Path
 
 from stages.core.errors import ConfigError, PipelineError
 from stages.core.isolate import IsolatedResult, run_process
+from stages.ondevice import RUNNER, RUNNER_FILES
 
-RUNNER = Path(__file__).resolve().parents[1] / "ondevice" / "mnn_runner.py"
-# what a target gets of this project: the runner and the stop rule it times with (both stdlib + numpy + MNN)
-RUNNER_FILES = (RUNNER, RUNNER.with_name("timing.py"))
 KINDS = ("host", "arm64", "ssh")
 
 

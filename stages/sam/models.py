@@ -17,15 +17,13 @@ import torch
 
 from stages.core.artifacts import file_sha256
 from stages.core.errors import PipelineError
+from stages.sam.spec import EMBED_DIM, EMBED_SIZE, IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 
 # mobile_sam imports timm's deprecated registry and re-registers TinyViT names: noise, not news.
 warnings.filterwarnings("ignore", message=r"Importing from timm\.", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r"Overwriting tiny_vit_", category=UserWarning)
-
-IMAGE_SIZE = 1024
-EMBED_DIM = 256
 
 
 def _mobile_sam(arch: str) -> Callable[[], torch.nn.Module]:
@@ -47,10 +45,9 @@ def _segment_anything(arch: str) -> Callable[[], torch.nn.Module]:
 
 
 def _prompt_and_decoder(sam_mod, depth: int, mlp_dim: int, heads: int):
-    emb = IMAGE_SIZE // 16
     prompt = sam_mod.PromptEncoder(
         embed_dim=EMBED_DIM,
-        image_embedding_size=(emb, emb),
+        image_embedding_size=(EMBED_SIZE, EMBED_SIZE),
         input_image_size=(IMAGE_SIZE, IMAGE_SIZE),
         mask_in_chans=16,
     )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 # SAM's mask postprocessing lives in the runner that also runs on targets (one copy); re-exported here
-from stages.ondevice.mnn_runner import IMAGE_SIZE, resized_shape, upsample_masks  # noqa: F401
+from stages.ondevice.masks import IMAGE_SIZE, resized_shape, upsample_masks  # noqa: F401
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
@@ -115,35 +115,3 @@ def bench_prompt(points: int, out_hw) -> tuple[np.ndarray, np.ndarray]:
     h, w = out_hw
     pts = np.array([[w * (0.3 + 0.4 * i / max(1, points)), h * 0.5] for i in range(points)], np.float32)
     return pts, np.ones(points, np.float32)
-
-
-def decoder_feeds(
-    embeddings: np.ndarray,
-    points: np.ndarray,
-    labels: np.ndarray,
-    orig_hw: tuple[int, int],
-    box: np.ndarray | None = None,
-    mask_input: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Inputs of the exported decoder (SamOnnxModel) for one prompt, coordinates in original-image pixels.
-
-    A box becomes two points labelled 2 and 3; with no box, a padding point labelled -1 is added, as
-    SamPredictor does for the ONNX model.
-    """
-    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-    lab = np.asarray(labels, dtype=np.float32).reshape(-1)
-    if box is not None:
-        pts = np.concatenate([pts, np.asarray(box, dtype=np.float32).reshape(2, 2)])
-        lab = np.concatenate([lab, np.array([2, 3], dtype=np.float32)])
-    else:
-        pts = np.concatenate([pts, np.zeros((1, 2), dtype=np.float32)])
-        lab = np.concatenate([lab, np.array([-1], dtype=np.float32)])
-    return {
-        "image_embeddings": embeddings.astype(np.float32),
-        "point_coords": transform_coords(pts, orig_hw)[None],
-        "point_labels": lab[None],
-        "mask_input": (np.zeros((1, 1, 256, 256), np.float32) if mask_input is None
-                       else np.asarray(mask_input, np.float32).reshape(1, 1, 256, 256)),
-        "has_mask_input": np.array([0.0 if mask_input is None else 1.0], dtype=np.float32),
-        "orig_im_size": np.array(orig_hw, dtype=np.float32),
-    }

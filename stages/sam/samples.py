@@ -1,4 +1,5 @@
-"""Real inputs for tracing and checks: photographs bundled with scikit-image, preprocessed the SAM way."""
+"""Real images and prompts for tracing and checks: photographs bundled with scikit-image, image files and folders,
+parity's prompts, and many runs' feeds in one file. A component's sample inputs: stages/sam/spec.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.errors import PipelineError
-from stages.sam.preprocess import decoder_feeds, preprocess_image
 
 # name -> (loader in skimage.data, a prompt point inside the subject, (x, y) in original pixels)
 PHOTOS = {
@@ -34,27 +34,6 @@ def photo(name: str) -> np.ndarray:
     if img.ndim == 2:
         img = np.stack([img] * 3, -1)
     return np.ascontiguousarray(img[..., :3])
-
-
-def encoder_example(name: str = "astronaut") -> np.ndarray:
-    return preprocess_image(photo(name))
-
-
-def decoder_example(embeddings: np.ndarray, name: str = "astronaut", num_points: int = 2) -> dict[str, np.ndarray]:
-    """Decoder feeds for `num_points` foreground points around the photo's prompt point (one is padding)."""
-    img = photo(name)
-    x, y = PHOTOS[name][1]
-    n = max(1, num_points - 1)
-    pts = np.array([[x + 15 * i, y + 10 * i] for i in range(n)], dtype=np.float32)
-    return decoder_feeds(embeddings, pts, np.ones(n, np.float32), img.shape[:2])
-
-
-def component_example(component: str, seed: int = 0, num_points: int = 2) -> dict[str, np.ndarray]:
-    """Feeds for an exported component: a real photo for the encoder; seeded embeddings + real prompt for the decoder."""
-    if component == "encoder":
-        return {"image": encoder_example()}
-    emb = np.random.default_rng(seed).standard_normal((1, 256, 64, 64)).astype(np.float32)
-    return decoder_example(emb, num_points=num_points)
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

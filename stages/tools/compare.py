@@ -17,6 +17,7 @@ import pandas as pd
 from stages.config import CONFIG_DIR, load_typed, read_yaml
 from stages.core.artifacts import atomic_output, write_csv
 from stages.core.errors import PipelineError
+from stages.core.status import OK, has_kind, is_failed, is_skipped
 
 HIGHER_IS_BETTER = {"cosine": True, "mask_iou": True, "logits_within_tol": True, "rel_l2": False,
                     "iou_pred_abs": False}
@@ -128,7 +129,7 @@ def normalized_latency(lat: pd.DataFrame, gate: CompareGate) -> pd.DataFrame:
     """p50 over the reference cell's p50 (same component, workload, threads); the reference itself over
     the matmul roofline (p50 x GFLOP/s), so a slower reference is caught too. An SSH target's rows are their
     own p50: the same device is its own reference (it has no onnxruntime cell and no roofline)."""
-    ok = lat[lat["status"].astype(str).str.startswith("ok")].copy()
+    ok = lat[has_kind(lat["status"], OK)].copy()
     remote = ok["target"].astype(str) != "host" if "target" in ok.columns else pd.Series(False, index=ok.index)
     is_ref = ~remote
     for k, v in gate.reference.items():
@@ -183,7 +184,7 @@ def _compare_parity(a, b, gate: AccuracyGate, drop) -> list[dict]:
             rows.append({"kind": "parity", "cell": cell, "metric": "row", "verdict": "missing in b" if rb is None
                          else "new in b", "note": "cell not in both runs"})
             continue
-        if str(rb.get("status", "ok")).startswith("skipped") and not str(ra.get("status", "ok")).startswith("skipped"):
+        if is_skipped(rb.get("status", "ok")) and not is_skipped(ra.get("status", "ok")):
             rows.append({"kind": "parity", "cell": cell, "metric": "row", "verdict": "not run in b",
                          "note": str(rb["status"])[:160]})
             continue
@@ -229,7 +230,7 @@ def _compare_latency(a, b, gate: CompareGate, drop) -> list[dict]:
         if rb is None:
             st = status_b.get(cell, "absent")
             rows.append({"kind": "latency", "cell": cell, "metric": "p50", "a": ra["p50_ms"],
-                         "verdict": "newly failing" if str(st).startswith("failed") else "missing in b", "note": st})
+                         "verdict": "newly failing" if is_failed(st) else "missing in b", "note": st})
             continue
         # filtered runs put cells of one run side by side (same machine): their raw p50 compare directly
         va, vb = (ra["p50_ms"], rb["p50_ms"]) if drop else (ra["normalized"], rb["normalized"])

@@ -26,6 +26,7 @@ import pandas as pd
 
 from stages.core.artifacts import SAMPLES_CSV, write_csv
 from stages.core.errors import PipelineError
+from stages.core.status import OK, Status, has_kind, is_failed, is_skipped
 from stages.tools.compare import LAT_KEY, _key
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def _latency(reports: Path) -> pd.DataFrame:
 def samples_of(lat: pd.DataFrame, reports: Path) -> pd.DataFrame:
     """One row per timed run of the ok cells of `lat` (reports/latency.csv): LAT_KEY columns and ms. Without
     latency_samples.csv (a base from before it existed), each ok cell's p50 stands for one sample."""
-    ok = lat[lat["status"].astype(str).str.startswith("ok")]
+    ok = lat[has_kind(lat["status"], OK)]
     path = reports / SAMPLES_CSV
     if not path.exists():
         return ok[LAT_KEY].assign(ms=ok["p50_ms"], per_run=False)
@@ -201,8 +202,8 @@ def compare_samples(base: pd.DataFrame, new: pd.DataFrame, base_status: dict[str
         row = {"cell": key, **{k: (b if len(b) else n).iloc[0][k] for k in LAT_KEY}}
         if not len(n):
             st = new_status.get(key, "absent")
-            verdict = ("newly failing" if st.startswith("failed") else
-                       "not run in b" if st.startswith("skipped") else "missing in b")  # skipped: the row says why
+            verdict = ("newly failing" if is_failed(st) else
+                       "not run in b" if is_skipped(st) else "missing in b")  # skipped: the row says why
             rows.append({**row, "base_p50_ms": float(b["ms"].median()), "status": st, "verdict": verdict})
             continue
         if not len(b):
@@ -211,7 +212,7 @@ def compare_samples(base: pd.DataFrame, new: pd.DataFrame, base_status: dict[str
             continue
         res = ab_verdict(b["ms"].to_numpy(), n["ms"].to_numpy(), factor, confidence)
         per_run = bool(b["per_run"].all() and n["per_run"].all())
-        rows.append({**row, **res, "status": "ok", "samples": "every timed run" if per_run else
+        rows.append({**row, **res, "status": str(Status.ok()), "samples": "every timed run" if per_run else
                      "one p50 per round (the base side has no latency_samples.csv)"})
     return pd.DataFrame(rows)
 
@@ -263,7 +264,7 @@ def ab_rows(table: pd.DataFrame, gate) -> pd.DataFrame:
     """The A/B table in the comparison format of compare.py (kind, cell, metric, a, b, allowed, verdict, note)."""
     rows = []
     for r in table.to_dict("records"):
-        ok = r["status"] == "ok" and "ratio" in r and pd.notna(r.get("ratio"))
+        ok = Status.read(r["status"]) == Status.ok() and "ratio" in r and pd.notna(r.get("ratio"))
         rows.append({"kind": "latency", "cell": r["cell"], "metric": "median ms, A/B",
                      "a": r.get("base_p50_ms"), "b": r.get("new_p50_ms"),
                      "allowed": f"<= x{gate.factor} or not slower at {gate.confidence:.0%} confidence" if ok else None,

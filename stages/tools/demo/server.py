@@ -160,9 +160,14 @@ def _sid(request: Request) -> str:
     return request.cookies.get(COOKIE) or request.headers.get("x-session") or ""
 
 
-def build_app(demo: Demo) -> Starlette:
-    async def guarded(fn, request: Request):
-        demo.last_request = time.monotonic()
+class Api:
+    """The demo's endpoints; every one goes through guarded(), which turns errors into JSON answers."""
+
+    def __init__(self, demo: Demo):
+        self.demo = demo
+
+    async def guarded(self, fn, request: Request):
+        self.demo.last_request = time.monotonic()
         try:
             return await fn(request)
         except RequestError as e:
@@ -173,20 +178,20 @@ def build_app(demo: Demo) -> Starlette:
             log.exception("request %s failed", request.url.path)
             return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
 
-    async def index(request: Request):
+    async def index(self, request: Request):
         response = FileResponse(STATIC / "index.html")
         if not request.cookies.get(COOKIE):
             response.set_cookie(COOKIE, secrets.token_urlsafe(16), httponly=True, samesite="strict")
         return response
 
-    async def info(request: Request):
-        return JSONResponse(demo.info())
+    async def info(self, request: Request):
+        return JSONResponse(self.demo.info())
 
-    async def photo(request: Request):
+    async def photo(self, request: Request):
         name = request.path_params["name"]
         return Response(await run_in_threadpool(photo_png, name), media_type="image/png")
 
-    async def image(request: Request):
+    async def image(self, request: Request):
         sid = _need_session(request)
         name = request.query_params.get("photo")
         if int(request.headers.get("content-length") or 0) > MAX_UPLOAD_MB * 2**20:
@@ -197,9 +202,9 @@ def build_app(demo: Demo) -> Starlette:
         if name:
             data = await run_in_threadpool(photo_png, name)
         label = name or request.query_params.get("filename", "upload")
-        return JSONResponse(await run_in_threadpool(demo.set_image, sid, data, label, request.query_params.get("variant")))
+        return JSONResponse(await run_in_threadpool(self.demo.set_image, sid, data, label, request.query_params.get("variant")))
 
-    async def predict(request: Request):
+    async def predict(self, request: Request):
         sid = _need_session(request)
         try:
             body = json.loads(await request.body())
@@ -207,25 +212,29 @@ def build_app(demo: Demo) -> Starlette:
             raise RequestError(f"request body is not valid JSON ({e})") from None
         if not isinstance(body, dict):
             raise RequestError(f"request body must be a JSON object with variant, points and box; got {type(body).__name__}")
-        return JSONResponse(await run_in_threadpool(demo.predict, sid, body))
+        return JSONResponse(await run_in_threadpool(self.demo.predict, sid, body))
 
-    async def mask(request: Request):
-        s = demo.sessions.get(_need_session(request))
+    async def mask(self, request: Request):
+        s = self.demo.sessions.get(_need_session(request))
         if s is None or s.mask_png is None:
             raise RequestError("no mask yet: click on the photo first", 409)
         stem = Path(s.name).stem or "image"
         return Response(s.mask_png, media_type="image/png",
                         headers={"Content-Disposition": f'attachment; filename="{stem}.mask.png"'})
 
+
+def build_app(demo: Demo) -> Starlette:
+    api = Api(demo)
+
     def route(path, fn, methods=("GET",)):
         async def endpoint(request: Request):
-            return await guarded(fn, request)
+            return await api.guarded(fn, request)
         return Route(path, endpoint, methods=list(methods))
 
     return Starlette(routes=[
-        route("/", index), route("/api/info", info), route("/api/photo/{name}", photo),
-        route("/api/image", image, ("POST",)), route("/api/predict", predict, ("POST",)),
-        route("/api/mask.png", mask), Route("/favicon.ico", lambda request: Response(status_code=204)), Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        route("/", api.index), route("/api/info", api.info), route("/api/photo/{name}", api.photo),
+        route("/api/image", api.image, ("POST",)), route("/api/predict", api.predict, ("POST",)),
+        route("/api/mask.png", api.mask), Route("/favicon.ico", lambda request: Response(status_code=204)), Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.core.errors import PipelineError
+from stages.core.names import mnn_artifact, mnn_file
+from stages.core.status import Status
 from stages.tools.segment import recommended_models
 
 
@@ -64,7 +66,7 @@ def _checked(root: Path, model: str) -> list[Variant]:
     """One variant per MNN parity cell that ran, in parity.csv's order."""
     cells: dict[str, dict[str, dict[str, str]]] = {}
     for r in _read_csv(root / "reports" / model / "parity.csv"):
-        if r.get("runtime") == "mnn" and r.get("status") == "ok" and r.get("component") in ("encoder", "decoder", "e2e"):
+        if r.get("runtime") == "mnn" and Status.read(r.get("status")) == Status.ok() and r.get("component") in ("encoder", "decoder", "e2e"):
             cells.setdefault(r["cell"], {})[r["component"]] = r
     out = []
     for cell, rows in cells.items():
@@ -85,11 +87,11 @@ def _checked(root: Path, model: str) -> list[Variant]:
 def _unchecked(root: Path, model: str, known: set[Path]) -> list[Variant]:
     out = []
     for folder in ("mnn", "int8"):
-        for enc in sorted((root / "build" / model / folder).glob("encoder.*.mnn")):
+        for enc in sorted((root / "build" / model / folder).glob(mnn_file("encoder", "*"))):
             name = enc.name[len("encoder."):-len(".mnn")]
-            dec = enc.with_name(f"decoder.{name}.mnn")
+            dec = enc.with_name(mnn_file("decoder", name))
             if dec.is_file() and enc not in known:
-                out.append(Variant(f"mnn-{name}@normal", f"{name} (precision normal, memory normal), parity not checked",
+                out.append(Variant(f"{mnn_artifact(name)}@normal", f"{name} (precision normal, memory normal), parity not checked",
                                    enc, dec))
     return out
 

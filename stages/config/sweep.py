@@ -1,0 +1,108 @@
+"""Latency sweeps (configs/sweeps/*.yaml): which runtimes, variants, precisions, thread counts and workloads
+the bench times, and how long."""
+
+from __future__ import annotations
+
+from dataclasses import field
+from pathlib import Path
+from typing import Any, Literal
+
+from stages.config.loading import CONFIG_DIR, load_typed, read_yaml
+from stages.config.schema import check_choice, schema
+from stages.core.errors import ConfigError
+from stages.ondevice.timing import StopRule
+
+COMPONENTS = ("encoder", "decoder", "e2e")
+
+
+@schema
+class DecoderWorkload:
+    points: list[int] = field(default_factory=lambda: [1, 5])
+    out_sizes: list[list[int]] = field(default_factory=lambda: [[1200, 1800]])  # orig_im_size (h, w)
+
+    def __post_init__(self) -> None:
+        if not self.points or any(p < 1 for p in self.points):
+            raise ValueError(f"decoder.points must be counts >= 1, got {self.points}")
+        if not self.out_sizes or any(len(s) != 2 or min(s) < 1 for s in self.out_sizes):
+            raise ValueError(f"decoder.out_sizes must be [height, width] pairs, got {self.out_sizes}")
+
+
+@schema
+class RuntimeSweep:
+    backends: list[str]
+    variants: list[str]  # torch: fp32; onnxruntime: onnx, onnx-sim; mnn: convert variants
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    # named sets of load/run options, each timed as its own cell (e.g. MNN's fixed-shape module loading,
+    # memory and power modes); "default" is the runtime's own defaults
+    modes: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
+
+
+@schema
+class RooflineConfig:
+    matmul_n: int = 2048
+    min_seconds: float = 1.0
+
+
+@schema
+class SweepConfig:
+    components: list[str] = field(default_factory=lambda: list(COMPONENTS))
+    decoder: DecoderWorkload = field(default_factory=DecoderWorkload)
+    e2e_points: int = 1
+    runtimes: dict[str, RuntimeSweep] = field(default_factory=dict)
+    threads: list[int] | str = "auto"  # a list, or "auto": 1, 2, 4, ... up to the machine's cores
+    # the device-side StopRule (stages/ondevice, stdlib only), checked as a strict copy of the same name
+    timing: StopRule = field(default_factory=StopRule)
+    roofline: RooflineConfig = field(default_factory=RooflineConfig)
+    timeout_s: int = 900  # one child process (one runtime, variant, precision, threads, component)
+    # a setting that computes exactly what another does on this machine (MNN precision low on a CPU without
+    # fp16 arithmetic is precision normal): skip (a row says so) or time it anyway
+    identical_settings: Literal["skip", "run"] = "skip"
+
+    source: Path | None = field(default=None, init=False, compare=False)
+    raw: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from stages.runtimes import RUNTIMES
+
+        for c in self.components:
+            check_choice("components", c, COMPONENTS)
+        for name, rs in self.runtimes.items():
+            check_choice("runtimes", name, tuple(RUNTIMES))
+            RUNTIMES[name].check_sweep(rs.backends, rs.precisions)
+            for mode, opts in rs.modes.items():
+                RUNTIMES[name].check_mode(f"runtimes.{name}.modes.{mode}", opts)
+        if isinstance(self.threads, str):
+            check_choice("threads", self.threads, ("auto",))
+        elif not self.threads or any(t < 1 for t in self.threads):
+            raise ValueError(f"threads: each thread count must be >= 1, got {self.threads}")
+
+    def thread_counts(self, cores: int | None = None) -> list[int]:
+        """The sweep's thread counts; auto: 1, 2, 4, ... up to `cores` (default this machine's; a target's own)."""
+        if isinstance(self.threads, list):
+            return list(self.threads)
+        import os
+
+        cores = cores or os.cpu_count() or 1
+        out, t = [], 1
+        while t < cores:
+            out.append(t)
+            t *= 2
+        return out + [cores]
+
+
+def sweep_path(name: str, config_dir: Path = CONFIG_DIR) -> Path:
+    """A sweep name under configs/sweeps/, or a path to a sweep YAML."""
+    if Path(name).suffix in (".yaml", ".yml"):
+        return Path(name) if Path(name).is_absolute() else config_dir.parent / name  # relative to the repository
+    return config_dir / "sweeps" / f"{name}.yaml"
+
+
+def load_sweep(name: str, config_dir: Path = CONFIG_DIR) -> SweepConfig:
+    path = sweep_path(name, config_dir)
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in (config_dir / "sweeps").glob("*.yaml")))
+        raise ConfigError(f"unknown sweep {name!r}: no {path}. Known sweeps: {known}.")
+    data = read_yaml(path)
+    sweep = load_typed(SweepConfig, data, path)
+    sweep.source, sweep.raw = path, data
+    return sweep

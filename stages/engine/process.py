@@ -1,0 +1,161 @@
+"""A stage in its own process: forked from a server that has torch and onnx imported already, so its memory is
+freed when it ends, its peak is its own, and a native crash or the kernel's OOM killer fails this stage instead
+of the whole run. Log records and the outcome come back over a queue; the memory of the stage and its workers
+is sampled meanwhile.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import traceback
+from typing import Any
+
+from stages.core import artifacts
+from stages.core.errors import PipelineError
+from stages.engine.graph import Stage, StageContext
+
+# Heavy modules the stage processes start from: imported once by multiprocessing's fork server, so each
+# stage process forks from it in about 0.1 s instead of importing torch again (about 3 s).
+_PRELOAD = ["torch", "onnx", "onnxruntime", "numpy", "pandas", "stages.sam.models", "stages.core.artifacts"]
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process or of any child it waited for (the stage's workers), in MB."""
+    import resource
+
+    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return round(kib / 1024, 1)
+
+
+def _stage_child(module_name: str, ctx: StageContext, queue, env: dict[str, str], level: int) -> None:
+    """Body of a stage's own process: run the module, send log records and the outcome to the parent."""
+    import logging.handlers
+    import signal
+
+    os.environ.clear()
+    os.environ.update(env)  # the parent's environment now, not the fork server's from when it started
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # unwind: temp files are removed on the way out
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    root = logging.getLogger()
+    root.handlers = [logging.handlers.QueueHandler(queue)]
+    root.setLevel(level)
+    try:
+        rows = importlib.import_module(module_name).run(ctx)
+        queue.put(("ok", rows, "", peak_rss_mb()))
+    except PipelineError as e:
+        queue.put(("error", str(e), "", peak_rss_mb()))
+    except KeyboardInterrupt:
+        queue.put(("interrupted", "", "", peak_rss_mb()))
+    except Exception as e:  # a bug or a tool's exception: the stage fails, the run goes on
+        queue.put(("error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=-3), peak_rss_mb()))
+
+
+def in_own_process(stage: Stage, ctx: StageContext) -> tuple[str, Any, str, float, float]:
+    """Run the stage's module in its own process: (kind "ok" or "error", rows or the error, traceback, peak
+    RSS of the process or a worker in MB, peak of them all summed in MB). Ctrl-C / SIGTERM stop it and re-raise."""
+    import multiprocessing
+
+    mp = multiprocessing.get_context("forkserver")
+    mp.set_forkserver_preload(_PRELOAD)
+    q = mp.Queue()
+    proc = mp.Process(target=_stage_child, name=f"stage-{stage.name}",
+                      args=(stage.module, ctx, q, dict(os.environ), logging.getLogger().getEffectiveLevel()))
+    proc.start()
+    sampler = TreeMemory(proc.pid)
+    try:
+        outcome = _outcome(proc, q)
+        proc.join()
+    except BaseException:  # Ctrl-C / SIGTERM here: stop the stage the same way, then go on unwinding
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for d in {o.parent for o in stage.outs}:
+            artifacts.remove_partials(d)
+        raise
+    finally:
+        q.close()
+        sampler.stop()
+    if outcome is None:
+        from stages.core.isolate import describe_exit
+
+        why = describe_exit(proc.exitcode)
+        if proc.exitcode == -9:
+            why += " (SIGKILL: often the kernel's out-of-memory killer; see `dmesg`)"
+        return "error", f"stage process {why}", "", float("nan"), sampler.peak_mb
+    if outcome[0] == "interrupted":
+        raise KeyboardInterrupt
+    return (*outcome, sampler.peak_mb)
+
+
+def _outcome(proc, q) -> tuple | None:
+    """Pass the child's log records on until its outcome comes; None when it died without sending one."""
+    import queue as queue_mod
+
+    while True:
+        try:
+            item = q.get(timeout=0.2)
+        except queue_mod.Empty:
+            if proc.is_alive():
+                continue
+            try:
+                item = q.get(timeout=1.0)
+            except queue_mod.Empty:
+                return None
+        if isinstance(item, logging.LogRecord):
+            logging.getLogger(item.name).handle(item)
+        else:
+            return item
+
+
+class TreeMemory:
+    """Samples the summed resident memory of a process and all its descendants (a stage and its workers
+    run at the same time: the PyTorch reference in the stage, a runtime in a worker), every `every` s."""
+
+    def __init__(self, pid: int, every: float = 0.25):
+        import threading
+
+        self.peak_mb = 0.0
+        self._pid, self._every = pid, every
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"memory-{pid}")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self._pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._done.is_set():
+            total = 0
+            for p in [root, *self._children(root)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak_mb = max(self.peak_mb, round(total / 2**20, 1))
+            self._done.wait(self._every)
+
+    @staticmethod
+    def _children(root) -> list:
+        import psutil
+
+        try:
+            return root.children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+

@@ -1,0 +1,88 @@
+"""onnxruntime behind the Runtime interface: one InferenceSession on one execution provider."""
+
+from __future__ import annotations
+
+import collections
+import importlib.metadata
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stages.core.errors import PipelineError
+from stages.runtimes.base import OpTimes, Runtime
+
+ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
+                 "OpenVINOExecutionProvider", "DnnlExecutionProvider", "CoreMLExecutionProvider",
+                 "XnnpackExecutionProvider", "ROCMExecutionProvider")
+
+
+
+class OrtRuntime(Runtime):
+    name = "onnxruntime"
+    backends = ORT_PROVIDERS
+    cpu_backend = "CPUExecutionProvider"
+    fixed_precision = "fp32"  # onnxruntime runs the graph's own (float) types: parity names its rows fp32
+
+    def __init__(self, path: Path, threads: int = 1, precision: str = "fp32",
+                 backend: str = "CPUExecutionProvider", profile_prefix: str = "", **_):
+        """profile_prefix: run with onnxruntime's profiler on, its trace written to files with this prefix."""
+        import onnxruntime as ort
+
+        why = self.unavailable(backend)
+        if why:
+            raise PipelineError(why)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        if profile_prefix:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=[backend])
+        except Exception as e:
+            raise PipelineError(f"onnxruntime cannot load {path}: {e}") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(None, {k: feeds[k] for k in self.input_names})
+        return dict(zip(self.output_names, outs, strict=True))
+
+    @classmethod
+    def version(cls) -> str:
+        return importlib.metadata.version("onnxruntime")
+
+    @classmethod
+    def profile(cls, path: Path, feeds: dict[str, np.ndarray], threads: int, runs: int, scratch: Path) -> OpTimes:
+        """onnxruntime's profiler on the CPU: node kernel times (it counts no FLOPs)."""
+        rt = cls(path, threads=threads, profile_prefix=f"{scratch}-ort")
+        rt.run(feeds)  # warm-up
+        out = OpTimes()
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            rt.run(feeds)
+            out.walls.append(time.perf_counter() - t0)
+        trace = json.loads(Path(rt.session.end_profiling()).read_text())
+        nodes = [e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        per_node = len(nodes) // (runs + 1)
+        for i in range(runs):
+            times: dict[str, float] = collections.defaultdict(float)
+            for e in nodes[(i + 1) * per_node:(i + 2) * per_node]:
+                times[e["args"]["op_name"]] += e["dur"] / 1e6
+            out.per_run.append(times)
+        counts: collections.Counter = collections.Counter(e["args"]["op_name"] for e in nodes[per_node:2 * per_node])
+        out.counts, out.mflop = dict(counts), {k: float("nan") for k in counts}
+        out.graph_ops = per_node
+        return out
+
+    @classmethod
+    def unavailable(cls, backend: str) -> str | None:
+        import onnxruntime as ort
+
+        have = ort.get_available_providers()
+        if backend not in have:
+            return f"onnxruntime execution provider {backend} is not installed (installed: {', '.join(have)})"
+        return None

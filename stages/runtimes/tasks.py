@@ -1,0 +1,58 @@
+"""Tasks that run one runtime in a child process (stages/core/isolate.py): `infer` (parity, quantize), `profile`
+(the profile stage), `mnn_probe` (MnnRuntime.unavailable). Light at import: the child imports this module."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (the runner's account, which a target gives too)."""
+    from stages.ondevice.mnn_runner import process_stats
+
+    return process_stats()["peak_rss_mb"]
+
+
+def infer(req: dict) -> dict:
+    """Load a model with one runtime and run every case of a feeds .npz ("case::input" keys) through it."""
+    from stages.runtimes import RUNTIMES
+    from stages.sam.samples import load_cases
+
+    t0 = time.perf_counter()
+    rt = RUNTIMES[req["runtime"]](Path(req["model"]), threads=req["threads"], precision=req["precision"],
+                                  **req.get("options", {}))
+    load_seconds = time.perf_counter() - t0
+    cases = load_cases(Path(req["feeds"]))
+    outs = {}
+    t0 = time.perf_counter()
+    for case, feeds in cases.items():
+        for name, value in rt.run(feeds).items():
+            outs[f"{case}::{name}"] = value
+    run_seconds = time.perf_counter() - t0
+    np.savez(req["out"], **outs)
+    return {"load_seconds": load_seconds, "run_seconds": run_seconds, "cases": len(cases)}
+
+
+def profile(req: dict) -> dict:
+    """Per-op-type time of one model with its runtime's own profiler (Runtime.profile)."""
+    from stages.runtimes import RUNTIMES
+
+    feeds = dict(np.load(req["feeds"]))
+    times = RUNTIMES[req["runtime"]].profile(Path(req["model"]), feeds, req["threads"], req["runs"],
+                                             Path(req["result_file"]).with_suffix(""))
+    return times.summary()
+
+
+def mnn_probe(req: dict) -> dict:
+    """Open an MNN runtime on a backend (MNN prints "Can't Find type=" when its build lacks it)."""
+    import MNN.nn as nn
+
+    from stages.ondevice.mnn_runner import mnn_schedule
+
+    rm = nn.create_runtime_manager((mnn_schedule(req["backend"], 1, "normal"),))
+    sys.stdout.flush()
+    return {"created": rm is not None}
