@@ -31,7 +31,7 @@ def test_a_task_that_cannot_be_found_or_raises_is_a_failed_result(tmp_path):
 
 def test_the_child_imports_the_task_module_not_its_stage():
     """A bench cell's child holds MNN and numpy, not the bench stage's torch and pandas (its peak RSS is a column)."""
-    code = ("import sys\nfrom stages.core.child import load\nload('stages.bench.tasks')\nload('stages.quantize_tasks')\n"
+    code = ("import sys\nfrom stages.core.child import load\nload('stages.bench.tasks')\nload('stages.quantize.tasks')\n"
             "load('stages.runtimes.tasks')\nload('stages.runtimes.roofline')\n"
             "print(sorted(m for m in ('torch', 'pandas', 'onnx', 'stages.bench', 'stages.config') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

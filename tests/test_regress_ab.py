@@ -124,7 +124,7 @@ def test_a_planted_slowdown_is_caught_an_unchanged_cell_is_not_and_the_base_reus
     not change, must not be flagged; the base worktree must reuse the copied build (same code)."""
     repo, root, cfg = clone
     base_sha = _git(repo, "rev-parse", "HEAD").strip()
-    runtimes = repo / "stages" / "runtimes.py"
+    runtimes = repo / "stages" / "runtimes" / "mnn.py"
     text = runtimes.read_text()
     assert "class MnnRuntime" in text and "import numpy as np\n" in text
     # every MNN run then takes twice as long as it did plus 10 ms: a 2x slowdown whatever else loads the machine

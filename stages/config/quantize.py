@@ -64,7 +64,7 @@ def _default_quant_variants() -> dict[str, QuantVariant]:
 
 @schema
 class QuantizeConfig:
-    """Full int8 (stages/quantize.py): calibrated post-training quantization with MNN's and onnxruntime's tools.
+    """Full int8 (stages/quantize/): calibrated post-training quantization with MNN's and onnxruntime's tools.
     `variants: {}` makes none (parity and bench then have no int8 rows)."""
 
     variants: dict[str, QuantVariant] = field(default_factory=_default_quant_variants)

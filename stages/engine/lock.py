@@ -24,6 +24,8 @@ from stages.engine.graph import Stage, StageContext
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+SOURCE_DIR = PACKAGE_DIR.parent  # the source tree: pipeline.yaml, configs/, stages/
+SOURCE = "${source}/"  # how the lock file names a path under the source tree but outside the run's root
 LOCK_FILE = "pipeline.lock.json"
 HASH_CACHE = ".file_hashes.json"
 
@@ -110,7 +112,9 @@ class Lock:
     """build/<model>/pipeline.lock.json: per finished stage what it was built from and what it made.
 
     Paths under the run's root are stored relative to it (as dvc.lock does), so a project folder that is
-    moved or copied stays up to date; paths outside the root (a sweep file elsewhere) stay absolute."""
+    moved or copied stays up to date; a path under the source tree but outside the root (a sweep file of
+    configs/ with --root elsewhere) as ${source}/configs/..., so a copy of the source tree is the same build;
+    other paths stay absolute."""
 
     def __init__(self, build: Path, root: Path):
         self.path = build / LOCK_FILE
@@ -125,13 +129,17 @@ class Lock:
 
     def key(self, path: Path) -> str:
         """How the lock file names a path: relative to the root when under it."""
-        try:
-            return Path(path).relative_to(self.root).as_posix()
-        except ValueError:
-            return str(path)
+        for base, prefix in ((self.root, ""), (SOURCE_DIR, SOURCE)):
+            try:
+                return prefix + Path(path).relative_to(base).as_posix()
+            except ValueError:
+                continue
+        return str(path)
 
     def resolve(self, key: str) -> Path:
         """The file a lock-file key names in this root."""
+        if key.startswith(SOURCE):
+            return SOURCE_DIR / key[len(SOURCE):]
         p = Path(key)
         return p if p.is_absolute() else self.root / p
 
