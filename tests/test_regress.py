@@ -97,6 +97,46 @@ def test_drift_of_a_report_only_tier_is_said_but_not_a_regression(tmp_path):
     assert set(_bad(gating)["metric"]) == {"mask_iou"}
 
 
+VNNI, AVX2 = "avx2 avx512f avx512_vnni", "avx2"
+
+
+def _ort_int8(flags: str, iou: float, passed: bool) -> pd.DataFrame:
+    return pd.DataFrame([{"artifact": "ort-int8-dynamic", "runtime": "onnxruntime", "precision": "fp32",
+                          "component": "decoder", "int8_compute": "yes", "cpu_flags": flags, "mask_iou": iou,
+                          "pass": passed, "failed_checks": "" if passed else "mask_iou", "gate": False}])
+
+
+def test_int8_rows_on_other_int8_kernels_are_not_compared(tmp_path):
+    """onnxruntime's int8 on a VNNI CPU and on a saturating-AVX2 one are different arithmetic (vit_t's
+    decoder: IoU 0.96 vs 0.58): a baseline made on one says nothing about the other."""
+    a, b = _ort_int8(VNNI, 0.96, True), _ort_int8(AVX2, 0.58, False)
+    df = compare_runs(_run(tmp_path, "a", a, _latency()), _run(tmp_path, "b", b, _latency()), CFG)
+    par = df[df["kind"] == "parity"]
+    assert _bad(df).empty and list(par["verdict"]) == ["not comparable"]
+    assert "x86-vnni" in par.iloc[0]["note"] and "x86-avx2-saturating" in par.iloc[0]["note"]
+    # on the same kernels the flip is a regression again
+    same = compare_runs(_run(tmp_path, "c", _ort_int8(AVX2, 0.9, True), _latency()),
+                        _run(tmp_path, "d", b, _latency()), CFG)
+    assert set(_bad(same)["verdict"]) == {"newly failing"}
+
+
+def test_a_baseline_holds_one_row_per_int8_kernel_class(tmp_path):
+    from stages.tools.compare import merge_baseline
+
+    old = pd.concat([_parity(), _ort_int8(VNNI, 0.96, True)], ignore_index=True)
+    new = pd.concat([_parity(iou=0.998), _ort_int8(AVX2, 0.58, False)], ignore_index=True)
+    merged = merge_baseline(old, new)
+    assert len(merged) == len(new) + 1  # the VNNI row stays beside this machine's AVX2 row; float rows replaced
+    assert sorted(merged["cpu_flags"].dropna()) == [AVX2, VNNI] and (merged["mask_iou"] == 0.999).sum() == 0
+    for flags, iou in ((VNNI, 0.955), (AVX2, 0.5)):  # each kind of machine is compared with its own row
+        run = _run(tmp_path, f"r{iou}", pd.concat([_parity(iou=0.998), _ort_int8(flags, iou, iou > 0.9)]), _latency())
+        df = compare_runs(_run(tmp_path, f"m{iou}", merged, _latency()), run, CFG)
+        ort = df[df["cell"].str.startswith("ort-int8")]
+        assert _bad(df).empty and "not comparable" not in set(df["verdict"]) and len(ort)
+    again = merge_baseline(merged, new)  # refreshing on the same machine kind replaces its own row only
+    assert len(again) == len(merged)
+
+
 def test_newly_failing_and_missing_cells_are_reported(tmp_path):
     lat_b = _latency().iloc[1:]  # the encoder onnxruntime cell is gone
     df = compare_runs(_run(tmp_path, "a", _parity(), _latency()), _run(tmp_path, "b", _parity(passed=False), lat_b), CFG)

@@ -98,7 +98,9 @@ def tool_versions() -> dict[str, str]:
 
 # CPU features that change which kernels runtimes pick (x86 vector/matrix units, ARM fp16/dot-product/i8mm)
 KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "asimdhp", "asimddp", "i8mm", "fphp",
-                "sve", "sve2", "sme", "sme2")
+                "sve", "sve2", "sme", "sme2", "avx_vnni")
+# recorded in cpu_flags (onnxruntime's int8 kernels depend on it) but not in machine_class, which stays as it was
+NOT_IN_CLASS = ("avx_vnni",)
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,7 +121,8 @@ def machine() -> dict[str, object]:
     kernel_flags = [f for f in KERNEL_FLAGS if f in flags]
     slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\((r|tm)\)|cpu|processor|@.*", "", cpu.lower())).strip("-")
     return {"machine": f"{platform.node()}", "cpu": cpu, "cores": cores, "cpu_flags": " ".join(kernel_flags),
-            "machine_class": "_".join([slug or platform.machine(), f"{cores}c", *kernel_flags])}
+            "machine_class": "_".join([slug or platform.machine(), f"{cores}c",
+                                       *(f for f in kernel_flags if f not in NOT_IN_CLASS)])}
 
 
 def describe_file(path: Path) -> dict[str, object]:

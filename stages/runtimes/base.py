@@ -110,6 +110,12 @@ class Runtime:
                 "compute_note": "int8 model" if int8 else f"{precision} as requested"}
 
     @classmethod
+    def int8_kernels(cls, cpu_flags: set[str]) -> str:
+        """Which int8 kernels this runtime computes with on a CPU with these flags, when that changes the result
+        (two machines of different kernels are not comparable in int8 accuracy); "" when it does not."""
+        return ""
+
+    @classmethod
     def identical_to(cls, precision: str, options: dict, kind: str, backend: str, cpu_flags: set[str]) -> Same | None:
         """The setting this one is bit-identical to on this machine (so a cell for it measures nothing new), or
         None."""

@@ -18,6 +18,7 @@ from stages.config import CONFIG_DIR, load_typed, read_yaml
 from stages.core.artifacts import atomic_output, write_csv
 from stages.core.errors import PipelineError
 from stages.core.status import OK, has_kind, is_failed, is_skipped
+from stages.runtimes import RUNTIMES
 
 HIGHER_IS_BETTER = {"cosine": True, "mask_iou": True, "logits_within_tol": True, "rel_l2": False,
                     "iou_pred_abs": False}
@@ -175,11 +176,49 @@ def _index(df: pd.DataFrame | None, cols: list[str], drop: set[str]) -> dict[str
     return {k: r for k, (_, r) in zip(keys, df.iterrows(), strict=True)}
 
 
+def int8_kernels(row: pd.Series) -> str:
+    """The int8 kernels a parity row's int8 arithmetic ran on, where the runtime says they change the result
+    (onnxruntime on x86: VNNI or saturating AVX2); "" for float rows and kernel-independent runtimes. Rows from
+    before the int8_kernels column are classed from their cpu_flags."""
+    if str(row.get("int8_compute", "no")) != "yes":
+        return ""
+    k = row.get("int8_kernels")
+    if isinstance(k, str) and k:
+        return k
+    rt = RUNTIMES.get(str(row.get("runtime", "")))
+    flags = row.get("cpu_flags")
+    return rt.int8_kernels(set(flags.split())) if rt is not None and isinstance(flags, str) else ""
+
+
+def merge_baseline(old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
+    """The new parity baseline: every row of this run, plus the old baseline's rows of int8 cells computed on
+    other int8 kernels than this run's (another machine kind's rows stay until that kind refreshes them)."""
+    if old is None or not len(old):
+        return new
+    have = {(k, int8_kernels(r)) for k, (_, r) in zip(_key(new, PAR_KEY, set()), new.iterrows(), strict=True)}
+    keep = [i for i, (k, (_, r)) in enumerate(zip(_key(old, PAR_KEY, set()), old.iterrows(), strict=True))
+            if int8_kernels(r) and (k, int8_kernels(r)) not in have]
+    return pd.concat([new, old.iloc[keep]], ignore_index=True) if keep else new
+
+
+def _pick(rows: list[pd.Series] | None, like: pd.Series | None) -> pd.Series | None:
+    """Of a cell's baseline rows (one per int8 kernel class a baseline was made on), the one computed on the
+    kernels `like` was; else the first."""
+    if not rows:
+        return None
+    want = int8_kernels(like) if like is not None else None
+    return next((r for r in rows if int8_kernels(r) == want), rows[0])
+
+
 def _compare_parity(a, b, gate: AccuracyGate, drop) -> list[dict]:
-    ia, ib = _index(a, PAR_KEY, drop), _index(b, PAR_KEY, drop)
+    ib = _index(b, PAR_KEY, drop)
+    ia: dict[str, list[pd.Series]] = {}
+    for k, (_, r) in zip(_key(a, PAR_KEY, drop), a.iterrows(), strict=True) if a is not None else ():
+        ia.setdefault(k, []).append(r)
     rows = []
     for cell in list(ia) + [k for k in ib if k not in ia]:
-        ra, rb = ia.get(cell), ib.get(cell)
+        rb = ib.get(cell)
+        ra = _pick(ia.get(cell), rb)
         if ra is None or rb is None:
             rows.append({"kind": "parity", "cell": cell, "metric": "row", "verdict": "missing in b" if rb is None
                          else "new in b", "note": "cell not in both runs"})
@@ -187,6 +226,12 @@ def _compare_parity(a, b, gate: AccuracyGate, drop) -> list[dict]:
         if is_skipped(rb.get("status", "ok")) and not is_skipped(ra.get("status", "ok")):
             rows.append({"kind": "parity", "cell": cell, "metric": "row", "verdict": "not run in b",
                          "note": str(rb["status"])[:160]})
+            continue
+        ka, kb = int8_kernels(ra), int8_kernels(rb)
+        if ka != kb:  # the same int8 model computes otherwise on the two machines: nothing to compare
+            rows.append({"kind": "parity", "cell": cell, "metric": "row", "verdict": "not comparable",
+                         "note": f"int8 kernels differ: a {ka}, b {kb} (compare with a baseline made on the same "
+                                 f"kernels: `make baseline` on such a machine)"})
             continue
         pa, pb = ra["pass"] == True, rb["pass"] == True  # noqa: E712 (an empty pass, NaN, is not a pass)
         if pa != pb:
@@ -206,7 +251,8 @@ def _compare_parity(a, b, gate: AccuracyGate, drop) -> list[dict]:
             better = vb > va + tol if up else vb < va - tol
             # a report-only tier (gate: false: full int8, dynamic int8, 4-bit) computes with the CPU's own int8
             # kernels: measured on this project's int8 cells, an AMD and an Intel machine differ by more than
-            # the tolerance (cosine 0.9897 vs 0.9873 for ort-int8-static). Its drift is reported, not a regression
+            # the tolerance (cosine 0.9897 vs 0.9873 for ort-int8-static; onnxruntime's kernels are now told apart
+            # by int8_kernels above, other runtimes' are not). Its drift is reported, not a regression
             target = str(rb.get("gate", True)).lower() == "false"
             rows.append({"kind": "parity", "cell": cell, "metric": metric, "a": va, "b": vb,
                          "allowed": f"{'>=' if up else '<='} {allowed:.6g}",

@@ -93,8 +93,8 @@ def _verdict(df, now: Path, header: str, bad_verdicts) -> int:
 
 
 def baseline(args, load: Load) -> int:
-    from stages.core.artifacts import machine
-    from stages.tools.compare import compare_runs, load_regress_config, load_run, markdown
+    from stages.core.artifacts import atomic_output, machine
+    from stages.tools.compare import compare_runs, load_regress_config, load_run, markdown, merge_baseline
 
     cfg, failed, _ = _gate_run(args, load)
     if failed:
@@ -109,7 +109,15 @@ def baseline(args, load: Load) -> int:
         print(markdown(changed, f"{cfg.name}: what the new baseline changes") if len(changed) else "parity unchanged")
     history = dest / "machines" / str(machine()["machine_class"])
     history.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(now / "parity.csv", dest / "parity.csv")
+    import pandas as pd
+
+    old_rows = pd.read_csv(dest / "parity.csv") if (dest / "parity.csv").exists() else None
+    merged = merge_baseline(old_rows, pd.read_csv(now / "parity.csv"))
+    with atomic_output(dest / "parity.csv") as tmp:
+        merged.to_csv(tmp, index=False)
+    kept = len(merged) - len(pd.read_csv(now / "parity.csv"))
+    if kept:
+        print(f"kept {kept} int8 row(s) of the old baseline computed on other int8 kernels than this machine's")
     for name in ("latency.csv", "latency_samples.csv"):
         if (now / name).exists():
             shutil.copy2(now / name, history / name)
