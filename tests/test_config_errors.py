@@ -88,3 +88,10 @@ def test_missing_stage_input_names_it_and_its_maker(capsys, tmp_path):
 def test_unknown_stage_is_named(capsys, tmp_path):
     code, err = run_cli(capsys, "run", "--model", str(TINY), "--root", str(tmp_path), "simplfy")
     assert code == 2 and "unknown stage 'simplfy'" in err and "simplify" in err
+
+
+def test_unknown_rewrite_in_a_variant_is_named_with_the_file(tmp_path):
+    path = write_config(tmp_path / "c.yaml", **{"convert.variants": {"fp32": [], "fast": ["--rewrite", "nope"]}})
+    with pytest.raises(ConfigError, match=r"convert.variants.fast: --rewrite 'nope' is not a rewrite") as e:
+        load_model_config(str(path))
+    assert str(path) in str(e.value)

@@ -184,3 +184,46 @@ def test_segment_defaults_to_the_recommended_files(tmp_path):
     assert rec["encoder"]["options"] == {"shape_mutable": False, "rearrange": True}
     assert rec["decoder"]["precision"] == "low" and rec["decoder"]["options"] == {}
     assert parse_options("memory=low power=high") == {"memory": "low", "power": "high"}
+
+
+def test_rewrite_moves_the_attention_scale_onto_q_and_keeps_the_outputs(tiny_run, tmp_path):
+    """`--rewrite attn-scale-to-query`: every `(q @ k^T) * s` of the tiny TinyViT becomes `(q * s) @ k^T`; the
+    graph computes the same (onnxruntime, float rounding only), the variant passes parity, convert.csv says
+    how many sites changed."""
+    import onnx
+    import onnxruntime as ort
+
+    from stages.runtimes.onnx_rewrites import apply_rewrites
+    from stages.sam.spec import component_example
+
+    root, cfg, _ = tiny_run
+    src = _build(tiny_run) / "onnx" / "encoder.sim.onnx"
+    done = apply_rewrites(src, ["attn-scale-to-query"], tmp_path / "rw.onnx")
+    blocks = sum(n.op_type == "Softmax" for n in onnx.load(str(src)).graph.node)
+    assert done == {"attn-scale-to-query": blocks} and blocks > 0
+
+    def muls_after_matmul(path):
+        g = onnx.load(str(path)).graph
+        made = {o: n.op_type for n in g.node for o in n.output}
+        return sum(n.op_type == "Mul" and any(made.get(i) == "MatMul" for i in n.input) for n in g.node)
+
+    assert muls_after_matmul(tmp_path / "rw.onnx") == muls_after_matmul(src) - blocks
+    feeds = component_example("encoder", 0)
+    a, b = (ort.InferenceSession(str(p)).run(None, feeds)[0] for p in (src, tmp_path / "rw.onnx"))
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+    reports = root / "reports" / cfg.name
+    conv = pd.read_csv(reports / "convert.csv").set_index("cell")
+    assert conv.loc["encoder-fp32-scaleq", "rewrites"] == f"attn-scale-to-query: {blocks} sites"
+    assert conv.loc["encoder-fp32-scaleq", "status"] == "ok"
+    parity = pd.read_csv(reports / "parity.csv")
+    rows = parity[parity["artifact"] == "mnn-fp32-scaleq"]
+    assert len(rows) == 3 and rows["pass"].all()
+
+
+def test_an_unknown_rewrite_is_named(tmp_path):
+    from stages.runtimes.onnx_rewrites import split_flags
+
+    assert split_flags(["--fp16", "--rewrite", "attn-scale-to-query"], "x") == (["--fp16"], ["attn-scale-to-query"])
+    with pytest.raises(ValueError, match=r"convert.variants.fast: --rewrite 'softmax-magic' is not a rewrite "
+                                         r"\(rewrites: attn-scale-to-query\)"):
+        split_flags(["--rewrite", "softmax-magic"], "convert.variants.fast")

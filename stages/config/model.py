@@ -59,6 +59,10 @@ class ConvertConfig:
             raise ValueError("convert.variants is empty: expected at least one variant, e.g. fp32: []")
         if self.timeout_s <= 0:
             raise ValueError(f"convert.timeout_s must be > 0, got {self.timeout_s}")
+        from stages.runtimes.onnx_rewrites import split_flags
+
+        for name, flags in self.variants.items():  # `--rewrite NAME` is ours (an ONNX rewrite), the rest MNN's
+            split_flags(flags, f"convert.variants.{name}")
 
 
 @schema

@@ -238,12 +238,19 @@ def wake_zero_branches(model: torch.nn.Module, seed: int) -> int:
     random vit_t has 12 branches whose output is exactly zero. A trained checkpoint has none; with them,
     int8 calibration sees a tensor of range 0, MNN's quantizer gives it scale 0 and the encoder runs to
     NaN. Such a model would measure quantization on a network no one ships, so random builds get small
-    seeded scales (0.1 * N(0, 1)) there instead. Returns how many norms were changed (0 for SAM's ViTs)."""
+    seeded scales (0.1 * N(0, 1)) there instead. TinyViT's attention biases start at zero too: the exported
+    graph then loses their Add (constant folding drops `+ 0`), an op over every attention matrix that a
+    trained checkpoint's graph has; they get seeded values as well (eval() then rebuilds the `ab` buffer).
+    Returns how many tensors were changed (0 for SAM's ViTs)."""
     gen = torch.Generator().manual_seed(seed + 1)
     n = 0
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d) and m.weight is not None and not torch.any(m.weight):
                 m.weight.copy_(0.1 * torch.randn(m.weight.shape, generator=gen))
+                n += 1
+            bias = getattr(m, "attention_biases", None)
+            if isinstance(bias, torch.nn.Parameter) and not torch.any(bias):
+                bias.copy_(torch.randn(bias.shape, generator=gen))
                 n += 1
     return n

@@ -35,10 +35,11 @@ def _resample_block(n_in: int, n_out: int, j0: int, j1: int) -> tuple[int, int, 
 
 
 @functools.lru_cache(maxsize=16)
-def _bands(n_in: int, n_out: int, chunk: int = 64) -> tuple[tuple[int, int, int, int, np.ndarray], ...]:
+def _bands(n_in: int, n_out: int, chunk: int = 32) -> tuple[tuple[int, int, int, int, np.ndarray], ...]:
     """The resampling matrix as blocks of `chunk` output rows, each over only the inputs its filter reaches:
-    (out_lo, out_hi, in_lo, in_hi, float32 weights). An 1800 -> 1024 pass multiplies about 118 inputs per 64
-    outputs, not 1800: the dense matrix cost 120+ ms per photo, these blocks under 20 ms with the rest."""
+    (out_lo, out_hi, in_lo, in_hi, float32 weights). An 1800 -> 1024 pass multiplies about 60 inputs per 32
+    outputs, not 1800: the dense matrix cost 120+ ms per photo. Measured on an 1800x1200 photo, 2 cores:
+    blocks of 64 outputs 37 ms for the whole preprocess, 32: 26 ms, 16: 29 ms, 8: 33 ms."""
     out = []
     for j0 in range(0, n_out, chunk):
         j1 = min(j0 + chunk, n_out)
@@ -52,14 +53,33 @@ def _round(x: np.ndarray) -> None:
     np.clip(x, 0, 255, out=x)
 
 
-def _resize_chw(image: np.ndarray, size: tuple[int, int], out: np.ndarray) -> None:
+class Scratch:
+    """Work buffers kept between photos of one size. A fresh 40 MB of numpy arrays per 1800x1200 photo is
+    mmapped anew each time and page-faulted in: measured 13 ms of a 39 ms preprocess (2 cores). Whoever
+    preprocesses photo after photo (MnnSamPredictor, the demo) keeps one; the buffers go with it."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        key = (name, shape)
+        if key not in self._bufs:
+            self._bufs = {k: v for k, v in self._bufs.items() if k[0] != name}  # one size per buffer
+            self._bufs[key] = np.empty(shape, np.float32)
+        return self._bufs[key]
+
+
+def _resize_chw(image: np.ndarray, size: tuple[int, int], out: np.ndarray, scratch: Scratch | None = None) -> None:
     """HxWxC uint8 -> out [C, h, w] float32 holding uint8 values: PIL's bilinear resize, horizontal pass then
     vertical, each rounded as PIL rounds. Channels first (a cheap transpose of the uint8 image), so both passes
     are plain matrix products on contiguous rows and the result lands in SAM's NCHW layout."""
     h, w = size
     hin, win, c = image.shape
-    x = np.ascontiguousarray(image.transpose(2, 0, 1)).reshape(c * hin, win).astype(np.float32)
-    y = np.empty((c * hin, w), np.float32)
+    scratch = scratch or Scratch()
+    x = scratch.get("x", (c, hin, win))
+    np.copyto(x, image.transpose(2, 0, 1))  # transpose and convert in one pass
+    x = x.reshape(c * hin, win)
+    y = scratch.get("y", (c * hin, w))
     for j0, j1, lo, hi, m in _bands(win, w):
         np.matmul(x[:, lo:hi], m.T, out=y[:, j0:j1])
     _round(y)
@@ -83,15 +103,17 @@ def pil_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
 
 
-def preprocess_image(image: np.ndarray, resize: Resize = pil_resize, target: int = IMAGE_SIZE) -> np.ndarray:
-    """HxWx3 uint8 RGB -> [1,3,target,target] float32, normalized and zero-padded bottom-right."""
+def preprocess_image(image: np.ndarray, resize: Resize = pil_resize, target: int = IMAGE_SIZE,
+                     scratch: Scratch | None = None) -> np.ndarray:
+    """HxWx3 uint8 RGB -> [1,3,target,target] float32, normalized and zero-padded bottom-right. `scratch`: work
+    buffers to reuse (numpy_resize only)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
     h, w = resized_shape(*image.shape[:2], target)
     out = np.zeros((1, 3, target, target), dtype=np.float32)
     if resize is numpy_resize:  # straight into the NCHW buffer (about 25 ms for an 1800x1200 photo on 2 cores)
         x = out[0, :, :h, :w]
-        _resize_chw(image, (h, w), x)
+        _resize_chw(image, (h, w), x, scratch)
         x -= PIXEL_MEAN[:, None, None]
         x /= PIXEL_STD[:, None, None]
         return out

@@ -17,7 +17,7 @@ import numpy as np
 
 from stages.core.errors import PipelineError
 from stages.runtimes import MnnRuntime, external_hint
-from stages.sam.preprocess import numpy_resize, preprocess_image
+from stages.sam.preprocess import Scratch, numpy_resize, preprocess_image
 from stages.sam.spec import SPECS, decoder_feeds
 from stages.tools.image_io import as_rgb, overlay, read_image, write_image
 
@@ -81,12 +81,13 @@ class MnnSamPredictor:
             check_interface(rt, component)
         self.timings_ms = {"load": (time.perf_counter() - t0) * 1000}
         self.image: ImageState | None = None
+        self.scratch = Scratch()  # preprocessing's work buffers, kept between photos
 
     def set_image(self, image: np.ndarray) -> None:
         """Run the encoder on an HxWx3 uint8 RGB image (grayscale and RGBA are converted)."""
         image = as_rgb(image)
         t0 = time.perf_counter()
-        x = preprocess_image(image, resize=numpy_resize)
+        x = preprocess_image(image, resize=numpy_resize, scratch=self.scratch)
         self.timings_ms["preprocess"] = (time.perf_counter() - t0) * 1000
         self.image = self.encode(x, image.shape[:2])
         self.timings_ms["encoder"] = self.image.encoder_ms

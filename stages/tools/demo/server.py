@@ -27,7 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from stages.core.errors import PipelineError
-from stages.sam.preprocess import numpy_resize, preprocess_image
+from stages.sam.preprocess import Scratch, numpy_resize, preprocess_image
 from stages.tools.demo.images import (
     BUNDLED,
     MAX_MEGAPIXELS,
@@ -66,6 +66,7 @@ class Demo:
         self.variants = {v.id: v for v in find_variants(root, model)}
         self.weights = weights(root, model)
         self.predictors: OrderedDict[str, MnnSamPredictor] = OrderedDict()
+        self.scratch = Scratch()  # preprocessing's work buffers (set_image holds the lock)
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.lock = threading.Lock()
         self.last_request = time.monotonic()
@@ -105,7 +106,7 @@ class Demo:
         with self.lock:
             s = self.session(sid)
             t0 = time.perf_counter()
-            x = preprocess_image(image, resize=numpy_resize)
+            x = preprocess_image(image, resize=numpy_resize, scratch=self.scratch)  # under the lock
             s.x, s.size, s.name, s.states, s.mask_png = x, image.shape[:2], name, {}, None
             s.preprocess_ms = (time.perf_counter() - t0) * 1000
             state, _ = self.state(s, v)

@@ -1,0 +1,56 @@
+"""How report rows are matched between runs: the cell keys of latency.csv and parity.csv, and which int8
+kernels a parity row's int8 arithmetic ran on (a baseline holds one row per kernel class where they differ)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from stages.runtimes import RUNTIMES
+
+LAT_KEY = ["component", "runtime", "backend", "artifact", "precision", "mode", "threads", "points", "out_h", "out_w"]
+PAR_KEY = ["artifact", "precision", "memory", "component"]
+
+
+def _key(df: pd.DataFrame, cols: list[str], drop: set[str]) -> pd.Series:
+    use = [c for c in cols if c not in drop and c in df.columns]
+    if df.empty:  # agg over no rows gives a DataFrame, not a Series
+        return pd.Series([], index=df.index, dtype=str)
+    key = df[use].astype(str).agg("/".join, axis=1)
+    if "target" in df.columns and "target" not in drop:  # an SSH target's rows: only ever matched with its own
+        target = df["target"].fillna("host").astype(str)
+        key = key.where(target == "host", target + "/" + key)
+    return key
+
+
+def int8_kernels(row: pd.Series) -> str:
+    """The int8 kernels a parity row's int8 arithmetic ran on, where the runtime says they change the result
+    (onnxruntime on x86: VNNI or saturating AVX2); "" for float rows and kernel-independent runtimes. Rows from
+    before the int8_kernels column are classed from their cpu_flags."""
+    if str(row.get("int8_compute", "no")) != "yes":
+        return ""
+    k = row.get("int8_kernels")
+    if isinstance(k, str) and k:
+        return k
+    rt = RUNTIMES.get(str(row.get("runtime", "")))
+    flags = row.get("cpu_flags")
+    return rt.int8_kernels(set(flags.split())) if rt is not None and isinstance(flags, str) else ""
+
+
+def merge_baseline(old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
+    """The new parity baseline: every row of this run, plus the old baseline's rows of int8 cells computed on
+    other int8 kernels than this run's (another machine kind's rows stay until that kind refreshes them)."""
+    if old is None or not len(old):
+        return new
+    have = {(k, int8_kernels(r)) for k, (_, r) in zip(_key(new, PAR_KEY, set()), new.iterrows(), strict=True)}
+    keep = [i for i, (k, (_, r)) in enumerate(zip(_key(old, PAR_KEY, set()), old.iterrows(), strict=True))
+            if int8_kernels(r) and (k, int8_kernels(r)) not in have]
+    return pd.concat([new, old.iloc[keep]], ignore_index=True) if keep else new
+
+
+def pick(rows: list[pd.Series] | None, like: pd.Series | None) -> pd.Series | None:
+    """Of a cell's baseline rows (one per int8 kernel class a baseline was made on), the one computed on the
+    kernels `like` was; else the first."""
+    if not rows:
+        return None
+    want = int8_kernels(like) if like is not None else None
+    return next((r for r in rows if int8_kernels(r) == want), rows[0])
