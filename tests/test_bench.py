@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -207,3 +208,24 @@ def test_speedups_and_rooflines_compare_like_devices():
     assert [r["speedup_vs_torch"] for r in rows] == [1.0, 2.0, 1.0, 2.0, 0.5]
     assert [r["device"] for r in rows] == ["cpu", "cpu", "gpu", "gpu", "gpu"]
     assert RUNTIMES["onnxruntime"].device("DnnlExecutionProvider") == "cpu"  # a CPU provider stays CPU
+
+
+def test_processes_pool_the_runs_of_fresh_processes(fp32_only, tmp_path):
+    """`processes: 3`: each cell is timed in 3 fresh processes; its row pools their runs (p50 over all) and
+    lists each process's own p50; latency_samples.csv holds every pooled run."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(json.dumps({"components": ["decoder"], "decoder": {"points": [1], "out_sizes": [[64, 64]]},
+                                 "runtimes": {"mnn": {"backends": ["CPU"], "variants": ["fp32"], "precisions": ["normal"]}},
+                                 "threads": [1], "processes": 3,
+                                 "timing": {"warmup": 1, "min_runs": 4, "min_seconds": 0.0, "max_seconds": 5},
+                                 "roofline": {"matmul_n": 128, "min_seconds": 0.01}}))
+    root, cfg_path = fp32_only
+    cfg = load_model_config(str(write_config(cfg_path, base=cfg_path, **{"bench.sweep": str(sweep)})))
+    assert statuses(run_pipeline(cfg, root, targets=["bench"]))["bench"] == "ran"
+    (row,) = pd.read_csv(root / "reports" / "tiny_fp32" / "latency.csv").to_dict("records")
+    each = [float(x) for x in str(row["process_p50_ms"]).split()]
+    assert row["processes"] == 3 and len(each) == 3 and row["status"] == "ok"
+    samples = pd.read_csv(root / "reports" / "tiny_fp32" / "latency_samples.csv")
+    assert len(samples) == row["runs"] >= 3 * 4
+    assert row["p50_ms"] == pytest.approx(float(np.median(samples["ms"])), rel=1e-6)
+    assert min(each) <= row["p50_ms"] <= max(each)

@@ -54,6 +54,9 @@ class SweepConfig:
     timing: StopRule = field(default_factory=StopRule)
     roofline: RooflineConfig = field(default_factory=RooflineConfig)
     timeout_s: int = 900  # one child process (one runtime, variant, precision, threads, component)
+    # fresh processes per cell on the host, their timed runs pooled: MNN at 2 threads here is bimodal per process
+    # (the same file's p50 65-91 ms in 8 processes), so one process says little about a difference under ~30%
+    processes: int = 1
     # a setting that computes exactly what another does on this machine (MNN precision low on a CPU without
     # fp16 arithmetic is precision normal): skip (a row says so) or time it anyway
     identical_settings: Literal["skip", "run"] = "skip"
@@ -71,6 +74,8 @@ class SweepConfig:
             RUNTIMES[name].check_sweep(rs.backends, rs.precisions)
             for mode, opts in rs.modes.items():
                 RUNTIMES[name].check_mode(f"runtimes.{name}.modes.{mode}", opts)
+        if self.processes < 1:
+            raise ValueError(f"processes: expected a count >= 1, got {self.processes}")
         if isinstance(self.threads, str):
             check_choice("threads", self.threads, ("auto",))
         elif not self.threads or any(t < 1 for t in self.threads):
