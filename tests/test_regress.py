@@ -135,6 +135,8 @@ def test_a_baseline_holds_one_row_per_int8_kernel_class(tmp_path):
         assert _bad(df).empty and "not comparable" not in set(df["verdict"]) and len(ort)
     again = merge_baseline(merged, new)  # refreshing on the same machine kind replaces its own row only
     assert len(again) == len(merged)
+    rebuilt = new.assign(artifact_sha256="another file")  # the int8 file changed: the other kind's row goes
+    assert len(merge_baseline(old.assign(artifact_sha256="old file"), rebuilt)) == len(new)
 
 
 def test_newly_failing_and_missing_cells_are_reported(tmp_path):

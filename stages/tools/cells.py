@@ -38,12 +38,21 @@ def int8_kernels(row: pd.Series) -> str:
 
 def merge_baseline(old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
     """The new parity baseline: every row of this run, plus the old baseline's rows of int8 cells computed on
-    other int8 kernels than this run's (another machine kind's rows stay until that kind refreshes them)."""
+    other int8 kernels than this run's, for the same file (same artifact_sha256): another kind of machine's
+    rows stay until that kind refreshes them, and go when the file they measured changed."""
     if old is None or not len(old):
         return new
     have = {(k, int8_kernels(r)) for k, (_, r) in zip(_key(new, PAR_KEY, set()), new.iterrows(), strict=True)}
+
+    def files(df: pd.DataFrame) -> dict[str, str]:  # per artifact, the hashes of all its rows (e2e: both files)
+        if "artifact_sha256" not in df.columns:
+            return {}
+        return {a: " ".join(sorted(g["artifact_sha256"].astype(str))) for a, g in df.groupby("artifact")}
+
+    now, before = files(new), files(old)
     keep = [i for i, (k, (_, r)) in enumerate(zip(_key(old, PAR_KEY, set()), old.iterrows(), strict=True))
-            if int8_kernels(r) and (k, int8_kernels(r)) not in have]
+            if int8_kernels(r) and (k, int8_kernels(r)) not in have
+            and now.get(r.get("artifact")) == before.get(r.get("artifact"))]
     return pd.concat([new, old.iloc[keep]], ignore_index=True) if keep else new
 
 
