@@ -42,8 +42,10 @@ def test_every_int8_artifact_is_made_loads_and_runs(tiny_run):
     ref = OrtRuntime(root / "build" / "tiny_vit_t" / "onnx" / "encoder.sim.onnx").run(feeds)["image_embeddings"]
     for got in (mnn, ort):
         assert np.isfinite(got).all() and got.shape == ref.shape
-        # int8, not noise (measured on the tiny model: 0.896 MNN, 0.907 onnxruntime static)
-        assert float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.8
+        # int8, not noise (an unrelated tensor: cosine about 0). Measured on the tiny model: 0.896 MNN, 0.907
+        # onnxruntime static with zero attention biases; with seeded ones one of them gave 0.751 on an AMD AVX2
+        # machine (onnxruntime's u8s8 there saturates)
+        assert float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.5
 
 
 def test_onnxruntime_int8_graphs_are_quantized(tiny_run):
