@@ -121,7 +121,7 @@ def test_int8_rows_on_other_int8_kernels_are_not_compared(tmp_path):
 
 
 def test_a_baseline_holds_one_row_per_int8_kernel_class(tmp_path):
-    from stages.tools.compare import merge_baseline
+    from stages.tools.cells import merge_baseline
 
     old = pd.concat([_parity(), _ort_int8(VNNI, 0.96, True)], ignore_index=True)
     new = pd.concat([_parity(iou=0.998), _ort_int8(AVX2, 0.58, False)], ignore_index=True)

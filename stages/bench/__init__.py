@@ -157,9 +157,11 @@ def timed_processes(req: dict, logfile, sweep):
     first = results[0]
     for i, w in enumerate(first.result["workloads"]):
         each = [r.result["workloads"][i] for r in results]
-        pooled = [ms for e in each for ms in e["samples_ms"]]
-        w.update(summarize([ms / 1000 for ms in pooled]), samples_ms=pooled, valid=all(e["valid"] for e in each),
-                 processes=len(each), process_p50_ms=" ".join(f"{e['p50_ms']:.1f}" for e in each))
+        own = {"processes": len(each), "process_p50_ms": " ".join(f"{e['p50_ms']:.1f}" for e in each)}
+        if len(each) > 1:  # one process: its own statistics stand
+            pooled = [ms for e in each for ms in e["samples_ms"]]
+            w.update(summarize([ms / 1000 for ms in pooled]), samples_ms=pooled, valid=all(e["valid"] for e in each))
+        w.update(own)
     return first
 
 

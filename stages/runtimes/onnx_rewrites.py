@@ -7,21 +7,16 @@ rewrite changed, so a rewrite that matched nothing is said to have had no effect
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 FLAG = "--rewrite"
 
 
-def _scalar(model, name: str) -> float | None:
-    """The value of a one-element constant initializer, else None."""
-    from onnx import numpy_helper
-
-    for t in model.graph.initializer:
-        if t.name == name:
-            a = numpy_helper.to_array(t)
-            return float(a.reshape(-1)[0]) if a.size == 1 else None
-    return None
+def _is_scalar(model, name: str) -> bool:
+    """Whether `name` is a one-element constant initializer."""
+    return any(t.name == name and math.prod(t.dims) == 1 for t in model.graph.initializer)
 
 
 def attn_scale_to_query(model) -> int:
@@ -47,8 +42,7 @@ def attn_scale_to_query(model) -> int:
             continue  # only x / constant moves
         mm_out, const = (mul.input if mul.input[0] in producer else mul.input[::-1])
         mm = producer.get(mm_out)
-        value = _scalar(model, const)
-        if mm is None or mm.op_type != "MatMul" or value is None or uses.get(mm_out, 0) != 1:
+        if mm is None or mm.op_type != "MatMul" or not _is_scalar(model, const) or uses.get(mm_out, 0) != 1:
             continue
         q = mm.input[0]
         # q [..., M, K] @ k [..., K, N] -> [..., M, N]: q is the smaller one when K < N (dynamic dims aside)

@@ -59,14 +59,14 @@ class Scratch:
     preprocesses photo after photo (MnnSamPredictor, the demo) keeps one; the buffers go with it."""
 
     def __init__(self) -> None:
-        self._bufs: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self._bufs: dict[str, np.ndarray] = {}
 
     def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        key = (name, shape)
-        if key not in self._bufs:
-            self._bufs = {k: v for k, v in self._bufs.items() if k[0] != name}  # one size per buffer
-            self._bufs[key] = np.empty(shape, np.float32)
-        return self._bufs[key]
+        """The buffer `name`, made anew when the shape changed (one size kept per buffer)."""
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._bufs[name] = np.empty(shape, np.float32)
+        return buf
 
 
 def _resize_chw(image: np.ndarray, size: tuple[int, int], out: np.ndarray, scratch: Scratch | None = None) -> None:

@@ -18,7 +18,7 @@ from stages.config import CONFIG_DIR, load_typed, read_yaml
 from stages.core.artifacts import atomic_output, write_csv
 from stages.core.errors import PipelineError
 from stages.core.status import OK, has_kind, is_failed, is_skipped
-from stages.tools.cells import LAT_KEY, PAR_KEY, _key, int8_kernels, merge_baseline, pick  # noqa: F401 (re-exported)
+from stages.tools.cells import LAT_KEY, PAR_KEY, _key, int8_kernels, pick
 
 HIGHER_IS_BETTER = {"cosine": True, "mask_iou": True, "logits_within_tol": True, "rel_l2": False,
                     "iou_pred_abs": False}

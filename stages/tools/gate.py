@@ -94,7 +94,8 @@ def _verdict(df, now: Path, header: str, bad_verdicts) -> int:
 
 def baseline(args, load: Load) -> int:
     from stages.core.artifacts import atomic_output, machine
-    from stages.tools.compare import compare_runs, load_regress_config, load_run, markdown, merge_baseline
+    from stages.tools.cells import merge_baseline
+    from stages.tools.compare import compare_runs, load_regress_config, load_run, markdown
 
     cfg, failed, _ = _gate_run(args, load)
     if failed:
@@ -112,10 +113,11 @@ def baseline(args, load: Load) -> int:
     import pandas as pd
 
     old_rows = pd.read_csv(dest / "parity.csv") if (dest / "parity.csv").exists() else None
-    merged = merge_baseline(old_rows, pd.read_csv(now / "parity.csv"))
+    new_rows = pd.read_csv(now / "parity.csv")
+    merged = merge_baseline(old_rows, new_rows)
     with atomic_output(dest / "parity.csv") as tmp:
         merged.to_csv(tmp, index=False)
-    kept = len(merged) - len(pd.read_csv(now / "parity.csv"))
+    kept = len(merged) - len(new_rows)
     if kept:
         print(f"kept {kept} int8 row(s) of the old baseline computed on other int8 kernels than this machine's")
     for name in ("latency.csv", "latency_samples.csv"):

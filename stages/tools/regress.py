@@ -27,7 +27,7 @@ import pandas as pd
 from stages.core.artifacts import SAMPLES_CSV, write_csv
 from stages.core.errors import PipelineError
 from stages.core.status import OK, Status, has_kind, is_failed, is_skipped
-from stages.tools.compare import LAT_KEY, _key
+from stages.tools.cells import LAT_KEY, _key
 
 log = logging.getLogger(__name__)
 
