@@ -254,12 +254,14 @@ class _Session:
     def close(self) -> None:
         if self.started:
             gone = [] if self.target.keep else [f"{self.folder}/files/{sha}" for sha in self.copied]
-            kill = f"for p in {shlex.quote(self.run_dir)}/call-*.pid; do [ -f \"$p\" ] && kill -9 $(cat \"$p\") 2>/dev/null; done; "
-            keep = self.target.keep
-            self.remote_quiet(kill + ("true" if keep else "rm -rf " + " ".join(shlex.quote(p) for p in [self.run_dir, *gone])))
+            # killed and waited for (<= 10 s): a dying runner writing into the folder would make rm leave it
+            kill = (f"for p in {shlex.quote(self.run_dir)}/call-*.pid; do [ -f \"$p\" ] || continue; pid=$(cat \"$p\"); "
+                    f"kill -9 $pid 2>/dev/null; i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 100 ]; do "
+                    f"sleep 0.1; i=$((i+1)); done; done; ")
+            self.remote_quiet(kill + ("true" if self.target.keep else "rm -rf " + " ".join(shlex.quote(p) for p in [self.run_dir, *gone])))
             log.info("target %s: copied %d files (%.1f MB), %d already there; %s", self.target.name, len(self.copied),
                      self.copied_bytes / 1e6, self.reused,
-                     f"kept in {self.folder}" if keep else "run folder and copied files removed")
+                     f"kept in {self.folder}" if self.target.keep else "run folder and copied files removed")
         if self.control:
             subprocess.run(["ssh", *self._options()[:-2], "-O", "exit", "-p", str(self.target.port),
                             self.target.destination], capture_output=True, stdin=subprocess.DEVNULL, timeout=30)

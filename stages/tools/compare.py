@@ -251,7 +251,8 @@ BAD = {"worse", "newly failing", "missing in b"}
 
 def markdown(df: pd.DataFrame, title: str) -> str:
     sign = {"worse": "!", "newly failing": "!!", "missing in b": "?", "better": "+", "fixed": "+", "same": " ",
-            "new in b": "new", "not comparable": "~", "not run in b": "-"}
+            "new in b": "new", "not comparable": "~", "not run in b": "-",
+            "not reproduced": "~"}
     lines = [f"# {title}", "", f"{(df['verdict'].isin(BAD)).sum()} regressions, "
              f"{(df['verdict'].isin(['better', 'fixed'])).sum()} improvements, {len(df)} comparisons.", "",
              "| | kind | cell | metric | a | b | allowed | verdict | note |", "|---|---|---|---|---|---|---|---|---|"]

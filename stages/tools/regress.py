@@ -8,7 +8,8 @@ the first time, so stages whose hashes are equal are not rebuilt), and both side
 with the same sweep file, alternating in rounds (base, new, new, base, ...) so that drift hits both alike.
 Each cell's timed runs are pooled per side; a cell is a regression only when the new median is slower than
 the base's by more than `latency.factor` *and* a one-sided Mann-Whitney U test says the new side is slower
-with at least `latency.confidence`.
+with at least `latency.confidence`, and every round on its own is past the factor too (a code change slows
+every round; a disturbance of a shared machine slows one: "not reproduced").
 """
 
 from __future__ import annotations
@@ -173,8 +174,12 @@ def _keys(df: pd.DataFrame) -> pd.Series:
     return _key(df, LAT_KEY, set())
 
 
-def ab_verdict(base_ms: np.ndarray, new_ms: np.ndarray, factor: float, confidence: float) -> dict:
-    """Medians, their ratio, and the one-sided Mann-Whitney U p-values; worse only past the factor and the noise."""
+def ab_verdict(base_ms: np.ndarray, new_ms: np.ndarray, factor: float, confidence: float,
+               rounds: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
+    """Medians, their ratio, and the one-sided Mann-Whitney U p-values; worse only past the factor and the noise.
+    rounds: each round's (base, new) runs. A code change slows every round; a disturbance of the machine (a
+    neighbour on a shared VM, a leftover process) slows one. So past the factor and the noise is "worse" (or
+    "better") only when every round's median ratio is past the factor too; otherwise "not reproduced"."""
     from scipy.stats import mannwhitneyu
 
     mb, mn = float(np.median(base_ms)), float(np.median(new_ms))
@@ -187,9 +192,22 @@ def ab_verdict(base_ms: np.ndarray, new_ms: np.ndarray, factor: float, confidenc
     alpha = 1.0 - confidence
     verdict = ("worse" if ratio > factor and p_slower < alpha else
                "better" if ratio < 1 / factor and p_faster < alpha else "same")
+    per_round = [float(np.median(n) / np.median(b)) for b, n in (rounds or []) if len(b) and len(n)]
+    if verdict == "worse" and any(r <= factor for r in per_round):
+        verdict = "not reproduced"
+    elif verdict == "better" and any(r >= 1 / factor for r in per_round):
+        verdict = "not reproduced"
     return {"base_p50_ms": mb, "new_p50_ms": mn, "ratio": ratio, "p_slower": p_slower,
             "confidence_slower": 1.0 - p_slower, "base_runs": len(base_ms), "new_runs": len(new_ms),
-            "verdict": verdict}
+            "round_ratios": " ".join(f"x{r:.2f}" for r in per_round), "verdict": verdict}
+
+
+def _rounds(b: pd.DataFrame, n: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each round's (base, new) runs of one cell, for the rounds both sides timed it in."""
+    if "round" not in b.columns or "round" not in n.columns:
+        return []
+    both = sorted(set(b["round"]) & set(n["round"]))
+    return [(b.loc[b["round"] == r, "ms"].to_numpy(), n.loc[n["round"] == r, "ms"].to_numpy()) for r in both]
 
 
 def compare_samples(base: pd.DataFrame, new: pd.DataFrame, base_status: dict[str, str], new_status: dict[str, str],
@@ -210,7 +228,7 @@ def compare_samples(base: pd.DataFrame, new: pd.DataFrame, base_status: dict[str
             rows.append({**row, "new_p50_ms": float(n["ms"].median()), "status": base_status.get(key, "absent"),
                          "verdict": "new in b"})
             continue
-        res = ab_verdict(b["ms"].to_numpy(), n["ms"].to_numpy(), factor, confidence)
+        res = ab_verdict(b["ms"].to_numpy(), n["ms"].to_numpy(), factor, confidence, _rounds(b, n))
         per_run = bool(b["per_run"].all() and n["per_run"].all())
         rows.append({**row, **res, "status": str(Status.ok()), "samples": "every timed run" if per_run else
                      "one p50 per round (the base side has no latency_samples.csv)"})
@@ -270,9 +288,19 @@ def ab_rows(table: pd.DataFrame, gate) -> pd.DataFrame:
                      "allowed": f"<= x{gate.factor} or not slower at {gate.confidence:.0%} confidence" if ok else None,
                      "verdict": r["verdict"], "confidence": r.get("confidence_slower") if ok else None,
                      "note": (f"x{r['ratio']:.2f}; {r['confidence_slower']:.1%} confident slower "
-                              f"(Mann-Whitney U, {r['base_runs']:.0f} vs {r['new_runs']:.0f} runs, {r['samples']})")
-                     if ok else r["status"]})
+                              f"(Mann-Whitney U, {r['base_runs']:.0f} vs {r['new_runs']:.0f} runs, {r['samples']})"
+                              + _round_note(r, gate.factor)) if ok else r["status"]})
     return pd.DataFrame(rows)
+
+
+def _round_note(r: dict, factor: float) -> str:
+    ratios = r.get("round_ratios")
+    if not isinstance(ratios, str) or not ratios:
+        return ""
+    if r["verdict"] == "not reproduced":
+        return (f"; per round {ratios}: past x{factor} (or 1/x{factor}) in some rounds only, so the machine, not "
+                f"the code, is taken to have changed")
+    return f"; per round {ratios}"
 
 
 def _stage_names(tree: Path) -> list[str]:
