@@ -16,8 +16,9 @@ import pytest
 
 from conftest import ROOT_DIR, copy_build, write_config
 from stages.core.errors import PipelineError
+from stages.tools.ab_stats import ab_rows, ab_verdict, compare_samples
 from stages.tools.compare import LatencyGate
-from stages.tools.regress import ab_rows, ab_verdict, compare_samples, resolve_base, round_order
+from stages.tools.regress import resolve_base, round_order
 
 RNG = np.random.default_rng(0)
 clone_finished: dict[str, str] = {}  # when each stage of the copied build finished

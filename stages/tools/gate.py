@@ -71,7 +71,8 @@ def _latency_ab(args, cfg, root: Path, new, base, gate, ran: dict[str, str], acc
 
     from stages.config import load_sweep
     from stages.engine.run import run_pipeline
-    from stages.tools.regress import ab_latency, ab_rows
+    from stages.tools.ab_stats import ab_rows
+    from stages.tools.regress import ab_latency
 
     model = str(Path(args.model).resolve()) if Path(args.model).suffix in (".yaml", ".yml") else args.model
     sweep = (str(cfg.bench.sweep), load_sweep(cfg.bench.sweep).source)

@@ -22,13 +22,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from stages.core.artifacts import SAMPLES_CSV, write_csv
 from stages.core.errors import PipelineError
-from stages.core.status import OK, Status, has_kind, is_failed, is_skipped
-from stages.tools.cells import LAT_KEY, _key
+from stages.core.status import OK, has_kind
+from stages.tools.ab_stats import compare_samples, status_of
+from stages.tools.cells import LAT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -166,75 +166,6 @@ def samples_of(lat: pd.DataFrame, reports: Path) -> pd.DataFrame:
     return runs.merge(keyed, on=["cell", "points", "out_h", "out_w"])[[*LAT_KEY, "ms"]].assign(per_run=True)
 
 
-def status_of(lat: pd.DataFrame) -> dict[str, str]:
-    return dict(zip(_keys(lat), lat["status"].astype(str), strict=True))
-
-
-def _keys(df: pd.DataFrame) -> pd.Series:
-    return _key(df, LAT_KEY, set())
-
-
-def ab_verdict(base_ms: np.ndarray, new_ms: np.ndarray, factor: float, confidence: float,
-               rounds: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
-    """Medians, their ratio, and the one-sided Mann-Whitney U p-values; worse only past the factor and the noise.
-    rounds: each round's (base, new) runs. A code change slows every round; a disturbance of the machine (a
-    neighbour on a shared VM, a leftover process) slows one. So past the factor and the noise is "worse" (or
-    "better") only when every round's median ratio is past the factor too; otherwise "not reproduced"."""
-    from scipy.stats import mannwhitneyu
-
-    mb, mn = float(np.median(base_ms)), float(np.median(new_ms))
-    ratio = mn / mb
-    if len(base_ms) >= 2 and len(new_ms) >= 2:
-        p_slower = float(mannwhitneyu(new_ms, base_ms, alternative="greater").pvalue)
-        p_faster = float(mannwhitneyu(new_ms, base_ms, alternative="less").pvalue)
-    else:
-        p_slower = p_faster = 1.0
-    alpha = 1.0 - confidence
-    verdict = ("worse" if ratio > factor and p_slower < alpha else
-               "better" if ratio < 1 / factor and p_faster < alpha else "same")
-    per_round = [float(np.median(n) / np.median(b)) for b, n in (rounds or []) if len(b) and len(n)]
-    if verdict == "worse" and any(r <= factor for r in per_round):
-        verdict = "not reproduced"
-    elif verdict == "better" and any(r >= 1 / factor for r in per_round):
-        verdict = "not reproduced"
-    return {"base_p50_ms": mb, "new_p50_ms": mn, "ratio": ratio, "p_slower": p_slower,
-            "confidence_slower": 1.0 - p_slower, "base_runs": len(base_ms), "new_runs": len(new_ms),
-            "round_ratios": " ".join(f"x{r:.2f}" for r in per_round), "verdict": verdict}
-
-
-def _rounds(b: pd.DataFrame, n: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each round's (base, new) runs of one cell, for the rounds both sides timed it in."""
-    if "round" not in b.columns or "round" not in n.columns:
-        return []
-    both = sorted(set(b["round"]) & set(n["round"]))
-    return [(b.loc[b["round"] == r, "ms"].to_numpy(), n.loc[n["round"] == r, "ms"].to_numpy()) for r in both]
-
-
-def compare_samples(base: pd.DataFrame, new: pd.DataFrame, base_status: dict[str, str], new_status: dict[str, str],
-                    factor: float, confidence: float) -> pd.DataFrame:
-    """One row per cell timed on either side."""
-    base, new = base.assign(key=_keys(base)), new.assign(key=_keys(new))
-    rows = []
-    for key in dict.fromkeys([*base["key"], *new["key"]]):
-        b, n = base[base["key"] == key], new[new["key"] == key]
-        row = {"cell": key, **{k: (b if len(b) else n).iloc[0][k] for k in LAT_KEY}}
-        if not len(n):
-            st = new_status.get(key, "absent")
-            verdict = ("newly failing" if is_failed(st) else
-                       "not run in b" if is_skipped(st) else "missing in b")  # skipped: the row says why
-            rows.append({**row, "base_p50_ms": float(b["ms"].median()), "status": st, "verdict": verdict})
-            continue
-        if not len(b):
-            rows.append({**row, "new_p50_ms": float(n["ms"].median()), "status": base_status.get(key, "absent"),
-                         "verdict": "new in b"})
-            continue
-        res = ab_verdict(b["ms"].to_numpy(), n["ms"].to_numpy(), factor, confidence, _rounds(b, n))
-        per_run = bool(b["per_run"].all() and n["per_run"].all())
-        rows.append({**row, **res, "status": str(Status.ok()), "samples": "every timed run" if per_run else
-                     "one p50 per round (the base side has no latency_samples.csv)"})
-    return pd.DataFrame(rows)
-
-
 def ab_latency(new: Side, base: Side, model: str, sweep: tuple[str, Path], gate, name: str,
                new_bench_fresh: bool = False) -> AbResult:
     """Build the base side's artifacts, then time both sides' bench stages in alternating rounds and test.
@@ -276,31 +207,6 @@ def ab_latency(new: Side, base: Side, model: str, sweep: tuple[str, Path], gate,
                             status_of(last["new"]), gate.factor, gate.confidence)
     write_csv(out / "ab.csv", table.to_dict("records"))
     return AbResult(table, order, str(machine()["machine_class"]))
-
-
-def ab_rows(table: pd.DataFrame, gate) -> pd.DataFrame:
-    """The A/B table in the comparison format of compare.py (kind, cell, metric, a, b, allowed, verdict, note)."""
-    rows = []
-    for r in table.to_dict("records"):
-        ok = Status.read(r["status"]) == Status.ok() and "ratio" in r and pd.notna(r.get("ratio"))
-        rows.append({"kind": "latency", "cell": r["cell"], "metric": "median ms, A/B",
-                     "a": r.get("base_p50_ms"), "b": r.get("new_p50_ms"),
-                     "allowed": f"<= x{gate.factor} or not slower at {gate.confidence:.0%} confidence" if ok else None,
-                     "verdict": r["verdict"], "confidence": r.get("confidence_slower") if ok else None,
-                     "note": (f"x{r['ratio']:.2f}; {r['confidence_slower']:.1%} confident slower "
-                              f"(Mann-Whitney U, {r['base_runs']:.0f} vs {r['new_runs']:.0f} runs, {r['samples']})"
-                              + _round_note(r, gate.factor)) if ok else r["status"]})
-    return pd.DataFrame(rows)
-
-
-def _round_note(r: dict, factor: float) -> str:
-    ratios = r.get("round_ratios")
-    if not isinstance(ratios, str) or not ratios:
-        return ""
-    if r["verdict"] == "not reproduced":
-        return (f"; per round {ratios}: past x{factor} (or 1/x{factor}) in some rounds only, so the machine, not "
-                f"the code, is taken to have changed")
-    return f"; per round {ratios}"
 
 
 def _stage_names(tree: Path) -> list[str]:
