@@ -48,11 +48,6 @@ def _bands(n_in: int, n_out: int, chunk: int = 32) -> tuple[tuple[int, int, int,
     return tuple(out)
 
 
-def _round(x: np.ndarray) -> None:
-    np.rint(x, out=x)
-    np.clip(x, 0, 255, out=x)
-
-
 class Scratch:
     """Work buffers kept between photos of one size. A fresh 40 MB of numpy arrays per 1800x1200 photo is
     mmapped anew each time and page-faulted in: measured 13 ms of a 39 ms preprocess (2 cores). Whoever
@@ -71,22 +66,29 @@ class Scratch:
 
 def _resize_chw(image: np.ndarray, size: tuple[int, int], out: np.ndarray, scratch: Scratch | None = None) -> None:
     """HxWxC uint8 -> out [C, h, w] float32 holding uint8 values: PIL's bilinear resize, horizontal pass then
-    vertical, each rounded as PIL rounds. Channels first (a cheap transpose of the uint8 image), so both passes
-    are plain matrix products on contiguous rows and the result lands in SAM's NCHW layout."""
+    vertical, each rounded as PIL rounds (weights are >= 0 and sum to 1, so no clip is needed). Laid out [row,
+    channel, column] (a cheap transpose of the uint8 image), the horizontal pass is a matrix product per block
+    of output columns, and the vertical one a product per block of output rows over contiguous rows holding all
+    three channels. Measured on an 1800x1200 photo (2 cores, interleaved, medians of 20, whole preprocess): 23.4
+    ms against 28.2 for the [channel, row, column] layout it replaced (237 of 3.1M values 1 level apart:
+    summation order); converting in stripes of 64-256 rows was slower."""
     h, w = size
     hin, win, c = image.shape
     scratch = scratch or Scratch()
-    x = scratch.get("x", (c, hin, win))
-    np.copyto(x, image.transpose(2, 0, 1))  # transpose and convert in one pass
-    x = x.reshape(c * hin, win)
-    y = scratch.get("y", (c * hin, w))
+    x = scratch.get("x", (hin, c, win))
+    np.copyto(x, image.transpose(0, 2, 1))  # transpose and convert in one pass
+    x = x.reshape(hin * c, win)
+    y = scratch.get("y", (hin * c, w))
     for j0, j1, lo, hi, m in _bands(win, w):
         np.matmul(x[:, lo:hi], m.T, out=y[:, j0:j1])
-    _round(y)
-    y = y.reshape(c, hin, w)
-    for j0, j1, lo, hi, m in _bands(hin, h):
-        out[:, j0:j1] = m @ y[:, lo:hi]
-    _round(out)
+    np.rint(y, out=y)
+    y = y.reshape(hin, c * w)
+    blocks = scratch.get("block", (16, c * w))
+    for j0, j1, lo, hi, m in _bands(hin, h, 16):
+        block = blocks[:j1 - j0]
+        np.matmul(m, y[lo:hi], out=block)
+        out[:, j0:j1] = block.reshape(j1 - j0, c, w).transpose(1, 0, 2)
+    np.rint(out, out=out)
 
 
 def numpy_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
