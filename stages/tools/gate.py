@@ -24,7 +24,7 @@ def _gate_run(args, load: Load):
     cfg = load(args)
     results = run_pipeline(cfg, args.root.resolve(), args.pipeline)
     print("\n" + summary_table(results))
-    return cfg, [r for r in results if r.status in ("failed", "skipped")], {r.stage: r.status for r in results}
+    return cfg, [r for r in results if r.status in ("failed", "skipped")]
 
 
 def regress(args, load: Load) -> int:
@@ -41,7 +41,7 @@ def regress(args, load: Load) -> int:
         # seed the base worktree with the build as it is now, before this tree's code re-runs stages: the build
         # a base usually shares most stages with
         prepare_base(REPO, base_ref, new, name)
-    cfg, failed, ran = _gate_run(args, load)  # the new side: every stage, the tree as it is
+    cfg, failed = _gate_run(args, load)  # the new side: every stage, the tree as it is
     baseline = args.baseline or root / "reports" / "baselines" / cfg.name
     if not (baseline / "parity.csv").exists():
         raise PipelineError(f"no parity baseline at {baseline / 'parity.csv'}: run `make baseline MODEL={cfg.name}` "
@@ -57,7 +57,7 @@ def regress(args, load: Load) -> int:
           + (f" with uncommitted changes in {len(dirty)} file(s) ({', '.join(dirty[:5])}"
              f"{' ...' if len(dirty) > 5 else ''}), compared as it is" if dirty else ""))
     base = prepare_base(REPO, base_ref, new, cfg.name)  # seeds it now if it was not seeded above
-    df, ab = _latency_ab(args, cfg, root, new, base, gate, ran, accuracy)
+    df, ab = _latency_ab(args, cfg, root, new, base, gate, accuracy)
     header = (f"{cfg.name}: this tree vs base {base_ref.sha[:12]} ({base_ref.how}); latency A/B on "
               f"{ab.machine_class}, {gate.latency.rounds} rounds per side in the order {' '.join(ab.order)}; "
               f"accuracy vs {baseline / 'parity.csv'}"
@@ -65,7 +65,7 @@ def regress(args, load: Load) -> int:
     return _verdict(df, now, header, BAD)
 
 
-def _latency_ab(args, cfg, root: Path, new, base, gate, ran: dict[str, str], accuracy):
+def _latency_ab(args, cfg, root: Path, new, base, gate, accuracy):
     """The latency A/B rounds, then the report stage again: accuracy and latency rows in one table, and the A/B."""
     import pandas as pd
 
@@ -76,7 +76,7 @@ def _latency_ab(args, cfg, root: Path, new, base, gate, ran: dict[str, str], acc
 
     model = str(Path(args.model).resolve()) if Path(args.model).suffix in (".yaml", ".yml") else args.model
     sweep = (str(cfg.bench.sweep), load_sweep(cfg.bench.sweep).source)
-    ab = ab_latency(new, base, model, sweep, gate.latency, cfg.name, new_bench_fresh=ran.get("bench") == "ran")
+    ab = ab_latency(new, base, model, sweep, gate.latency, cfg.name)
     run_pipeline(cfg, root, args.pipeline)  # the report stage catches up with the last bench round
     return pd.concat([accuracy, ab_rows(ab.table, gate.latency)], ignore_index=True), ab
 
@@ -98,7 +98,7 @@ def baseline(args, load: Load) -> int:
     from stages.tools.cells import merge_baseline
     from stages.tools.compare import compare_runs, load_regress_config, load_run, markdown
 
-    cfg, failed, _ = _gate_run(args, load)
+    cfg, failed = _gate_run(args, load)
     if failed:
         raise PipelineError(f"not refreshing the baseline: {', '.join(r.stage for r in failed)} did not finish")
     root = args.root.resolve()
