@@ -64,23 +64,28 @@ class Scratch:
         return buf
 
 
+STRIPE_ROWS = 256  # input rows converted to float32 at a time (5.5 MB for an 1800-wide photo, not 26 MB)
+
+
 def _resize_chw(image: np.ndarray, size: tuple[int, int], out: np.ndarray, scratch: Scratch | None = None) -> None:
     """HxWxC uint8 -> out [C, h, w] float32 holding uint8 values: PIL's bilinear resize, horizontal pass then
     vertical, each rounded as PIL rounds (weights are >= 0 and sum to 1, so no clip is needed). Laid out [row,
     channel, column] (a cheap transpose of the uint8 image), the horizontal pass is a matrix product per block
     of output columns, and the vertical one a product per block of output rows over contiguous rows holding all
-    three channels. Measured on an 1800x1200 photo (2 cores, interleaved, medians of 20, whole preprocess): 23.4
-    ms against 28.2 for the [channel, row, column] layout it replaced (237 of 3.1M values 1 level apart:
-    summation order); converting in stripes of 64-256 rows was slower."""
+    three channels. The photo is converted to float32 in stripes of STRIPE_ROWS rows: a fresh 26 MB copy of
+    the whole photo is what made a cold preprocess slow, sometimes 60-70 ms (numbers in the README)."""
     h, w = size
     hin, win, c = image.shape
     scratch = scratch or Scratch()
-    x = scratch.get("x", (hin, c, win))
-    np.copyto(x, image.transpose(0, 2, 1))  # transpose and convert in one pass
-    x = x.reshape(hin * c, win)
+    stripe = scratch.get("stripe", (min(STRIPE_ROWS, hin), c, win))
     y = scratch.get("y", (hin * c, w))
-    for j0, j1, lo, hi, m in _bands(win, w):
-        np.matmul(x[:, lo:hi], m.T, out=y[:, j0:j1])
+    for r0 in range(0, hin, STRIPE_ROWS):
+        r1 = min(r0 + STRIPE_ROWS, hin)
+        x = stripe[:r1 - r0]
+        np.copyto(x, image[r0:r1].transpose(0, 2, 1))  # transpose and convert in one pass
+        x = x.reshape((r1 - r0) * c, win)
+        for j0, j1, lo, hi, m in _bands(win, w):
+            np.matmul(x[:, lo:hi], m.T, out=y[r0 * c:r1 * c, j0:j1])
     np.rint(y, out=y)
     y = y.reshape(hin, c * w)
     blocks = scratch.get("block", (16, c * w))
