@@ -65,6 +65,7 @@ class Scratch:
 
 
 STRIPE_ROWS = 256  # input rows converted to float32 at a time (5.5 MB for an 1800-wide photo, not 26 MB)
+OUT_ROWS = 16  # output rows per product of the vertical pass
 
 
 def _resize_chw(image: np.ndarray, size: tuple[int, int], out: np.ndarray, scratch: Scratch | None = None) -> None:
@@ -73,7 +74,7 @@ def _resize_chw(image: np.ndarray, size: tuple[int, int], out: np.ndarray, scrat
     channel, column] (a cheap transpose of the uint8 image), the horizontal pass is a matrix product per block
     of output columns, and the vertical one a product per block of output rows over contiguous rows holding all
     three channels. The photo is converted to float32 in stripes of STRIPE_ROWS rows: a fresh 26 MB copy of
-    the whole photo is what made a cold preprocess slow, sometimes 60-70 ms (numbers in the README)."""
+    the whole photo is what made a cold preprocess slow, sometimes 44-105 ms (numbers in the README)."""
     h, w = size
     hin, win, c = image.shape
     scratch = scratch or Scratch()
@@ -88,8 +89,8 @@ def _resize_chw(image: np.ndarray, size: tuple[int, int], out: np.ndarray, scrat
             np.matmul(x[:, lo:hi], m.T, out=y[r0 * c:r1 * c, j0:j1])
     np.rint(y, out=y)
     y = y.reshape(hin, c * w)
-    blocks = scratch.get("block", (16, c * w))
-    for j0, j1, lo, hi, m in _bands(hin, h, 16):
+    blocks = scratch.get("block", (OUT_ROWS, c * w))
+    for j0, j1, lo, hi, m in _bands(hin, h, OUT_ROWS):
         block = blocks[:j1 - j0]
         np.matmul(m, y[lo:hi], out=block)
         out[:, j0:j1] = block.reshape(j1 - j0, c, w).transpose(1, 0, 2)
