@@ -27,13 +27,14 @@ from stages.core.errors import PipelineError
 from stages.core.isolate import run_isolated
 from stages.core.names import RAW_ONNX, SIM_ONNX, artifact_name, artifact_paths, mnn_artifact
 from stages.core.status import Status
+from stages.ondevice.mnn_runner import load_cases, save_cases
 from stages.runtimes import RUNTIMES, identical_skip
 from stages.runtimes.targets import HOST, Target
 from stages.runtimes.tasks import infer
 from stages.sam import metrics
 from stages.sam.models import build_model
 from stages.sam.preprocess import preprocess_image, upsample_masks
-from stages.sam.samples import PROMPTS, load_cases, load_images, prompt, save_cases
+from stages.sam.samples import PROMPTS, load_images, prompt
 from stages.sam.spec import DECODER, ENCODER, SPECS, decoder_feeds
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from conftest import ROOT_DIR, statuses, write_config
 from stages.config import load_model_config
 from stages.core.errors import ConfigError, PipelineError
 from stages.engine.run import run_pipeline
+from stages.ondevice.mnn_runner import load_cases, save_cases
 from stages.runtimes.targets import HOST, parse_target
-from stages.sam.samples import load_cases, save_cases
 from stages.sam.spec import decoder_feeds
 from stages.tools.compare import RegressConfig, compare_runs, load_run
 

@@ -19,9 +19,9 @@ from stages.config import load_model_config
 from stages.core.errors import ConfigError, PipelineError
 from stages.engine.graph import load_pipeline
 from stages.engine.run import _select, run_pipeline
+from stages.ondevice.mnn_runner import load_cases, save_cases
 from stages.runtimes import arm_env
 from stages.runtimes.targets import HOST, Target, feature_flags, parse_target
-from stages.sam.samples import load_cases, save_cases
 from stages.sam.spec import decoder_feeds
 
 

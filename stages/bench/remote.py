@@ -18,8 +18,8 @@ from stages.bench.cells import BenchCell, BenchInputs, cell_base, grid, samples_
 from stages.core.artifacts import file_sha256
 from stages.core.errors import PipelineError
 from stages.core.status import Status
+from stages.ondevice.mnn_runner import save_cases
 from stages.runtimes.targets import feature_flags
-from stages.sam.samples import save_cases
 from stages.sam.spec import SPECS
 
 log = logging.getLogger(__name__)

@@ -157,7 +157,14 @@ class MnnModel:
         return {n: result[n] for n in self.output_names}
 
 
-def _cases(path: str) -> dict[str, dict[str, np.ndarray]]:
+def save_cases(path, cases: dict[str, dict[str, np.ndarray]]):
+    """Many runs' feeds in one .npz: key "case::input" (the runner runs every case and answers in kind)."""
+    np.savez(path, **{f"{case}{CASE_SEP}{k}": v for case, feeds in cases.items() for k, v in feeds.items()})
+    return path
+
+
+def load_cases(path) -> dict[str, dict[str, np.ndarray]]:
+    """A .npz of save_cases (or the runner's answer) as {case: {name: array}}."""
     data = np.load(path)
     out: dict[str, dict[str, np.ndarray]] = {}
     for key in data.files:
@@ -225,7 +232,7 @@ def serve(req: dict) -> dict:
     model = MnnModel(req["model"], **req.get("settings", {}))
     load_seconds = time.perf_counter() - t0
     outs, times, timings = {}, [], []
-    cases = _cases(req["feeds"])
+    cases = load_cases(req["feeds"])
     rule = _stop_rule(req["timing"]) if req.get("timing") else None
     for case, feeds in cases.items():
         t0 = time.perf_counter()

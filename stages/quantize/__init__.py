@@ -26,10 +26,11 @@ from stages.core.artifacts import atomic_output, sidecars
 from stages.core.errors import PipelineError
 from stages.core.isolate import run_isolated
 from stages.core.status import Status
+from stages.ondevice.mnn_runner import load_cases, save_cases
 from stages.quantize.tasks import mnnquant, ort_quantize
 from stages.runtimes.tasks import infer
 from stages.sam.preprocess import IMAGE_SIZE, preprocess_image
-from stages.sam.samples import load_cases, load_images, save_cases
+from stages.sam.samples import load_images
 from stages.sam.spec import ENCODER, SPECS, decoder_feeds
 
 log = logging.getLogger(__name__)

@@ -93,7 +93,7 @@ def _ort_quantize(req: dict, src: Path, dst: Path) -> None:
         quantize_static,
     )
 
-    from stages.sam.samples import load_cases
+    from stages.ondevice.mnn_runner import load_cases
 
     big = any(src.with_name(src.name + s).exists() for s in (".data",))
     if req["method"] == "dynamic":

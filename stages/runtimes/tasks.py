@@ -19,8 +19,8 @@ def peak_rss_mb() -> float:
 
 def infer(req: dict) -> dict:
     """Load a model with one runtime and run every case of a feeds .npz ("case::input" keys) through it."""
+    from stages.ondevice.mnn_runner import load_cases
     from stages.runtimes import RUNTIMES
-    from stages.sam.samples import load_cases
 
     t0 = time.perf_counter()
     rt = RUNTIMES[req["runtime"]](Path(req["model"]), threads=req["threads"], precision=req["precision"],

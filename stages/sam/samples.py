@@ -98,21 +98,3 @@ def prompt(name: str, hw: tuple[int, int]) -> dict[str, np.ndarray | None]:
     }
     points, labels, b = table[name]
     return {"points": points, "labels": labels, "box": b}
-
-
-CASE_SEP = "::"
-
-
-def save_cases(path: Path, cases: dict[str, dict[str, np.ndarray]]) -> Path:
-    """Many runs' feeds in one .npz: key "case::input" (a worker runs every case and answers in kind)."""
-    np.savez(path, **{f"{case}{CASE_SEP}{k}": v for case, feeds in cases.items() for k, v in feeds.items()})
-    return path
-
-
-def load_cases(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    data = np.load(path)
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for key in data.files:
-        case, name = key.rsplit(CASE_SEP, 1)
-        out.setdefault(case, {})[name] = data[key]
-    return out
