@@ -24,6 +24,7 @@ from stages.core.artifacts import atomic_output
 from stages.core.isolate import run_isolated
 from stages.core.names import SIM_ONNX, artifact_paths, mnn_artifact, mnn_file
 from stages.core.status import Status
+from stages.runtimes.onnx_rewrites import apply_rewrites, split_flags
 from stages.runtimes.roofline import matmul_rate
 from stages.runtimes.tasks import profile as profile_task
 from stages.sam.preprocess import preprocess_image
@@ -133,8 +134,14 @@ def _jobs(ctx, paths: dict, variants: list[str], fixed: dict[str, Path], d: Path
                 mnn = paths[mnn_artifact(v)][component]
             else:  # the fixed-shape graph converted with this variant's flags
                 mnn = d / mnn_file(component, v)
-                flags, _ = static_flags(fixed[component], [*ctx.cfg.convert.variants[v], *ctx.cfg.convert.extra_args], d)
-                res = run_isolated(mnnconvert, {"argv": converter_argv(fixed[component], mnn, flags), "dst": str(mnn),
+                flags, rewrites = split_flags([*ctx.cfg.convert.variants[v], *ctx.cfg.convert.extra_args],
+                                              f"convert.variants.{v}")
+                src = fixed[component]
+                if rewrites:  # as the convert stage does: the rewritten copy is what MNN's converter reads
+                    src = d / f"{component}.{v}.rewritten.onnx"
+                    apply_rewrites(fixed[component], rewrites, src)
+                flags, _ = static_flags(src, flags, d)
+                res = run_isolated(mnnconvert, {"argv": converter_argv(src, mnn, flags), "dst": str(mnn),
                                                 "feeds": str(d / f"{component}.npz")},
                                    ctx.build / "logs" / f"profile-convert-{component}-{v}.log", pcfg.timeout_s)
                 if not res.ok:

@@ -222,10 +222,74 @@ def test_rewrite_moves_the_attention_scale_onto_q_and_keeps_the_outputs(tiny_run
     assert len(rows) == 3 and rows["pass"].all()
 
 
+def test_decoder_rewrites_drop_the_embedding_repeat_and_the_batched_matmul(tiny_run, tmp_path):
+    """`identity-layout` drops SAM's repeat of the image embeddings per prompt batch (Unsqueeze -> Tile ->
+    Reshape, the identity for one batch) and `batch1-matmul-2d` makes the hypernetwork product a 2-D MatMul;
+    the rewritten decoder computes the same at any point count (onnxruntime, and MNN on the converted
+    variant through parity), and convert.csv says how much each changed."""
+    import onnx
+    import onnxruntime as ort
+
+    from stages.runtimes.onnx_rewrites import apply_rewrites
+    from stages.sam.spec import decoder_example
+
+    root, cfg, _ = tiny_run
+    src = _build(tiny_run) / "onnx" / "decoder.sim.onnx"
+    done = apply_rewrites(src, ["identity-layout", "batch1-matmul-2d"], tmp_path / "rw.onnx")
+    ops = lambda path: [n.op_type for n in onnx.load(str(path)).graph.node]  # noqa: E731
+    before, after = ops(src), ops(tmp_path / "rw.onnx")
+    assert "Tile" in before and "Tile" not in after
+    assert done == {"identity-layout": len(before) - (len(after) - 3 * done["batch1-matmul-2d"]),
+                    "batch1-matmul-2d": 1}
+    emb = np.random.default_rng(2).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    a, b = (ort.InferenceSession(str(p)) for p in (src, tmp_path / "rw.onnx"))
+    for points in (1, 4):
+        feeds = decoder_example(emb, name="chelsea", num_points=points)
+        for x, y in zip(a.run(None, feeds), b.run(None, feeds), strict=True):
+            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
+    reports = root / "reports" / cfg.name
+    conv = pd.read_csv(reports / "convert.csv").set_index("cell")
+    assert conv.loc["decoder-fp32-lean", "rewrites"] == (f"identity-layout: {done['identity-layout']} sites; "
+                                                         "batch1-matmul-2d: 1 sites")
+    assert conv.loc["encoder-fp32-lean", "rewrites"] == ("identity-layout: 0 sites (no effect); "
+                                                         "batch1-matmul-2d: 0 sites (no effect)")
+    parity = pd.read_csv(reports / "parity.csv")
+    rows = parity[parity["artifact"] == "mnn-fp32-lean"]
+    assert len(rows) == 3 and rows["pass"].all()
+
+
+def test_identity_layout_keeps_a_repeat_or_reshape_that_changes_the_shape(tmp_path):
+    """Only a chain that gives back its start's shape is dropped: a Tile that repeats, or a Reshape to
+    another shape, stays."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stages.runtimes.onnx_rewrites import identity_layout
+
+    def model(repeats, shape):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+        inits = [numpy_helper.from_array(np.array(v, np.int64), n)
+                 for n, v in (("axes", [1]), ("reps", repeats), ("shape", shape))]
+        nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["u"]), helper.make_node("Tile", ["u", "reps"], ["t"]),
+                 helper.make_node("Reshape", ["t", "shape"], ["r"]), helper.make_node("Relu", ["r"], ["y"])]
+        return helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                                 opset_imports=[helper.make_opsetid("", 17)])
+
+    same = model([1, 1, 1, 1], [1, 4, 6])
+    assert identity_layout(same) == 3 and [n.op_type for n in same.graph.node] == ["Relu"]
+    assert same.graph.node[0].input[0] == "x"
+    repeated = model([1, 2, 1, 1], [1, 8, 6])
+    assert identity_layout(repeated) == 0 and len(repeated.graph.node) == 4
+    other = model([1, 1, 1, 1], [1, 6, 4])  # the Tile repeats nothing and goes; the Reshape changes the shape
+    assert identity_layout(other) == 1 and [n.op_type for n in other.graph.node] == ["Unsqueeze", "Reshape", "Relu"]
+    onnx.checker.check_model(other)
+
+
 def test_an_unknown_rewrite_is_named(tmp_path):
     from stages.runtimes.onnx_rewrites import split_flags
 
     assert split_flags(["--fp16", "--rewrite", "attn-scale-to-query"], "x") == (["--fp16"], ["attn-scale-to-query"])
     with pytest.raises(ValueError, match=r"convert.variants.fast: --rewrite 'softmax-magic' is not a rewrite "
-                                         r"\(rewrites: attn-scale-to-query\)"):
+                                         r"\(rewrites: attn-scale-to-query, identity-layout, batch1-matmul-2d\)"):
         split_flags(["--rewrite", "softmax-magic"], "convert.variants.fast")

@@ -19,6 +19,26 @@ def _is_scalar(model, name: str) -> bool:
     return any(t.name == name and math.prod(t.dims) == 1 for t in model.graph.initializer)
 
 
+def _shapes(model) -> dict[str, list[int]]:
+    """Each tensor's shape as ONNX's shape inference gives it; an unknown or symbolic dim is 0."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+              if v.type.tensor_type.HasField("shape")}
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    return shapes
+
+
+def _producers(model) -> dict:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def _static(shape: list[int] | None) -> bool:
+    return bool(shape) and all(d > 0 for d in shape)
+
+
 def attn_scale_to_query(model) -> int:
     """`(q @ k^T) * s` -> `(q * s) @ k^T` (and `/ s` alike) when q has fewer elements than the product: TinyViT scales each
     attention matrix after the MatMul (onnxruntime fuses that Mul into its FusedMatMul; MNN runs it as a
@@ -26,10 +46,7 @@ def attn_scale_to_query(model) -> int:
     to float rounding. Returns how many MatMul-Mul pairs were rewritten."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    producer = {o: n for n in model.graph.node for o in n.output}
+    shapes, producer = _shapes(model), _producers(model)
     uses: dict[str, int] = {}
     for n in model.graph.node:
         for i in n.input:
@@ -59,7 +76,81 @@ def attn_scale_to_query(model) -> int:
     return count
 
 
-REWRITES: dict[str, Callable] = {"attn-scale-to-query": attn_scale_to_query}
+LAYOUT_ONLY = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Tile", "Expand")  # keep the elements' order
+
+
+def identity_layout(model) -> int:
+    """Drop a chain of layout ops that gives back the shape it started from: SAM's decoder repeats the image
+    embeddings once per prompt batch (`Unsqueeze -> Tile -> Reshape`, repeats computed at run time), which
+    with one batch is the identity; onnxruntime's Tile of 1M floats costs 0.6 ms, MNN's Raster for it 4 ms
+    (vit_t decoder, per-op profile). Sound for static shapes: a chain of Reshape / Unsqueeze / Squeeze /
+    Flatten keeps the elements in order, and a Tile or Expand in it that ends at its start's element count
+    repeated nothing. Returns how many ops were dropped."""
+    shapes, producer = _shapes(model), _producers(model)
+    graph_outputs = {o.name for o in model.graph.output}
+    before = len(model.graph.node)
+    for n in list(model.graph.node):
+        out = n.output[0]
+        if n.op_type not in LAYOUT_ONLY or out in graph_outputs or not _static(shapes.get(out)):
+            continue
+        x = n.input[0]
+        while shapes.get(x) != shapes[out]:
+            p = producer.get(x)
+            x = p.input[0] if p is not None and p.op_type in LAYOUT_ONLY else None
+            if x is None:
+                break
+        if x is None:
+            continue
+        for m in model.graph.node:
+            m.input[:] = [x if i == out else i for i in m.input]
+    _drop_dead(model)
+    return before - len(model.graph.node)
+
+
+def _drop_dead(model) -> None:
+    """Remove the nodes no graph output depends on."""
+    needed = {o.name for o in model.graph.output}
+    keep = []
+    for n in reversed(list(model.graph.node)):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(n.input)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(keep))
+
+
+def batch1_matmul_2d(model) -> int:
+    """`[1, M, K] @ [1, K, N]` (static shapes) -> a 2-D MatMul between Reshapes: MNN runs a 3-D MatMul whose B
+    is computed as a batched loop (`While`: 2.7 ms for SAM's hypernetwork product `[1, 4, 32] @ [1, 32, 65536]`
+    against onnxruntime's 0.5 ms), a 2-D one as its matmul kernel. Same numbers. Returns the MatMuls changed."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    shapes, count = _shapes(model), 0
+    for n in list(model.graph.node):
+        if n.op_type != "MatMul":
+            continue
+        a, b, o = (shapes.get(t) for t in (*n.input, n.output[0]))
+        if not (_static(a) and _static(b) and _static(o) and len(a) == len(b) == 3 and a[0] == b[0] == 1):
+            continue
+        p = f"{n.name or n.output[0]}__2d"
+        for suffix, shape in (("a", a[1:]), ("b", b[1:]), ("o", o)):
+            model.graph.initializer.append(numpy_helper.from_array(np.array(shape, np.int64), f"{p}_{suffix}_shape"))
+        new = [onnx.helper.make_node("Reshape", [n.input[0], f"{p}_a_shape"], [f"{p}_a"], name=f"{p}_a"),
+               onnx.helper.make_node("Reshape", [n.input[1], f"{p}_b_shape"], [f"{p}_b"], name=f"{p}_b"),
+               onnx.helper.make_node("MatMul", [f"{p}_a", f"{p}_b"], [f"{p}_o"], name=p),
+               onnx.helper.make_node("Reshape", [f"{p}_o", f"{p}_o_shape"], [n.output[0]], name=f"{p}_o")]
+        at = list(model.graph.node).index(n)
+        model.graph.node.remove(n)
+        for i, node in enumerate(new):
+            model.graph.node.insert(at + i, node)
+        count += 1
+    return count
+
+
+REWRITES: dict[str, Callable] = {"attn-scale-to-query": attn_scale_to_query, "identity-layout": identity_layout,
+                                 "batch1-matmul-2d": batch1_matmul_2d}
 
 
 def split_flags(flags: list[str], where: str) -> tuple[list[str], list[str]]:
