@@ -85,7 +85,10 @@ def identity_layout(model) -> int:
     with one batch is the identity; onnxruntime's Tile of 1M floats costs 0.6 ms, MNN's Raster for it 4 ms
     (vit_t decoder, per-op profile). Sound for static shapes: a chain of Reshape / Unsqueeze / Squeeze /
     Flatten keeps the elements in order, and a Tile or Expand in it that ends at its start's element count
-    repeated nothing. Returns how many ops were dropped."""
+    repeated nothing. Returns how many ops were dropped. A graph with subgraphs (If, Loop) is left as it is:
+    their bodies may read a tensor this would bypass or drop."""
+    if any(a.type in (a.GRAPH, a.GRAPHS) for n in model.graph.node for a in n.attribute):
+        return 0
     shapes, producer = _shapes(model), _producers(model)
     graph_outputs = {o.name for o in model.graph.output}
     before = len(model.graph.node)
