@@ -37,7 +37,10 @@ def test_interrupted_run_leaves_no_finished_looking_file_and_resumes(fp32_only, 
     mnn = root / "build" / "tiny_fp32" / "mnn"
     shutil.rmtree(mnn)  # convert starts from nothing
     cmd = [sys.executable, "-m", "stages", "run", "--model", str(cfg_path), "--root", str(root)]
-    proc = subprocess.Popen(cmd, cwd=ROOT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell without job control starts a background job (`make test &`) with SIGINT ignored, and Python keeps
+    # an inherited SIG_IGN: the run under test starts with SIGINT's default, as a terminal's Ctrl-C finds it.
+    proc = subprocess.Popen(cmd, cwd=ROOT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not list(mnn.glob(".*partial*")):  # a conversion is being written
         time.sleep(0.01)
