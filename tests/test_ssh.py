@@ -235,9 +235,10 @@ def test_ctrl_c_cleans_the_remote_folder(sshd, fp32_only, tmp_path):
     remote = tmp_path / "remote"
     write_config(cfg_path, base=cfg_path, **{"bench.sweep": str(sweep),
                                             "bench.targets": [sshd.spec(dir=str(remote))]})
-    proc = subprocess.Popen([sys.executable, "-m", "stages", "run", "--model", str(cfg_path), "--root", str(root),
-                             "bench"], cwd=ROOT_DIR, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
+    log = tmp_path / "run.log"  # what the run said, for the message if it never reaches the target
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "stages", "run", "--model", str(cfg_path), "--root", str(root),
+                                 "bench"], cwd=ROOT_DIR, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
 
     def runners():
         return [p for p in psutil.process_iter(["cmdline"]) if "mnn_runner.py" in " ".join(p.info["cmdline"] or [])
@@ -246,7 +247,8 @@ def test_ctrl_c_cleans_the_remote_folder(sshd, fp32_only, tmp_path):
     deadline = time.monotonic() + 240
     while not runners() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert runners(), "the runner never started on the target"
+    assert runners(), (f"the runner never started on the target (the run's exit status: {proc.poll()}); its log "
+                       f"ends:\n{log.read_text()[-3000:]}")
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends
     assert proc.wait(timeout=120) != 0
     time.sleep(0.5)

@@ -21,7 +21,15 @@ from stages.engine.graph import Stage, StageContext
 _PRELOAD = ["torch", "onnx", "onnxruntime", "numpy", "pandas", "stages.sam.models", "stages.core.artifacts"]
 
 
-def _raise_interrupt(signum, frame):
+def _interrupt_once(signum, frame):
+    """A stage's first SIGINT or SIGTERM unwinds it; later ones are ignored so they cannot cut its cleanup short.
+    Ctrl-C reaches the stage and the runner together, and the runner then terminates the stage: without this,
+    that SIGTERM could land before the cleanup (a remote run folder removed over SSH) had begun. The runner
+    kills a stage still alive 30 s later."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -40,8 +48,8 @@ def _stage_child(module_name: str, ctx: StageContext, queue, env: dict[str, str]
 
     os.environ.clear()
     os.environ.update(env)  # the parent's environment now, not the fork server's from when it started
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # unwind: temp files are removed on the way out
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt_once)  # unwind: temp files are removed on the way out
+    signal.signal(signal.SIGINT, _interrupt_once)
     root = logging.getLogger()
     root.handlers = [logging.handlers.QueueHandler(queue)]
     root.setLevel(level)
