@@ -61,6 +61,22 @@ def statuses(results) -> dict[str, str]:
     return {r.stage: r.status for r in results}
 
 
+def assert_same_decoder(a: Path, b: Path, seed: int) -> None:
+    """Two SAM decoder ONNX files give the same outputs in onnxruntime, at 1 and at 4 points (a rewrite that
+    keeps what the graph computes)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from stages.sam.spec import decoder_example
+
+    emb = np.random.default_rng(seed).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    sa, sb = (ort.InferenceSession(str(p)) for p in (a, b))
+    for points in (1, 4):
+        feeds = decoder_example(emb, name="chelsea", num_points=points)
+        for x, y in zip(sa.run(None, feeds), sb.run(None, feeds), strict=True):
+            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
+
+
 def copy_build(src_root: Path, dst_root: Path) -> Path:
     """A finished build in another root; copy2 keeps mtimes, so the lock's file-hash cache stays valid."""
     shutil.copytree(src_root, dst_root, symlinks=True)

@@ -43,7 +43,7 @@ def test_conversions_and_export(built):
     _, _, reports, _ = built
     convert = pd.read_csv(reports / "convert.csv")
     variants = ("fp32", "fp16", "wint8", "wint4", "wint8-b64", "wint4-b64", "wint4-b64-hqq", "fp32-static", "fp32-scaleq",
-                "fp32-lean")
+                "fp32-lean", "fp32-lean-t")
     assert sorted(convert["cell"]) == sorted(f"{c}-{v}" for c in ("encoder", "decoder") for v in variants)
     assert (convert["status"] == "ok").all()
     assert (convert["weights"] == "random-seed-0").all()
@@ -67,8 +67,8 @@ def test_latency_parity_and_int8_reports(built):
     assert {"torch", "onnxruntime", "mnn"} <= set(ok["runtime"]) and set(ok["component"]) == {"encoder", "decoder", "e2e"}
     parity = pd.read_csv(reports / "parity.csv")
     # 2 ONNX + fp32, fp16 x 4 precisions + wint8 x 4 precisions x 2 memory modes + 4 weight-quant variants x 2
-    # memory modes + fp32-static, fp32-scaleq, fp32-lean + 3 full int8 = 32 cells, 3 rows each
-    assert len(parity) == 3 * 32
+    # memory modes + fp32-static, fp32-scaleq, fp32-lean, fp32-lean-t + 3 full int8 = 33 cells, 3 rows each
+    assert len(parity) == 3 * 33
     ran = parity[parity["status"] == "ok"]
     skipped = parity[parity["status"] != "ok"]
     # on this x86 CPU precision low and Low_BF16 compute fp32: said, not run twice (fp32, fp16, wint8 x 2 memory)

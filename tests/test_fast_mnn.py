@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import assert_same_decoder
 from stages.bench.cells import grid
 from stages.config import load_sweep
 from stages.convert import static_flags
@@ -228,10 +229,8 @@ def test_decoder_rewrites_drop_the_embedding_repeat_and_the_batched_matmul(tiny_
     the rewritten decoder computes the same at any point count (onnxruntime, and MNN on the converted
     variant through parity), and convert.csv says how much each changed."""
     import onnx
-    import onnxruntime as ort
 
     from stages.runtimes.onnx_rewrites import apply_rewrites
-    from stages.sam.spec import decoder_example
 
     root, cfg, _ = tiny_run
     src = _build(tiny_run) / "onnx" / "decoder.sim.onnx"
@@ -241,12 +240,7 @@ def test_decoder_rewrites_drop_the_embedding_repeat_and_the_batched_matmul(tiny_
     assert "Tile" in before and "Tile" not in after
     # Unsqueeze, Tile and Reshape gone; one MatMul became Reshape, Reshape, MatMul, Reshape
     assert done == {"identity-layout": 3, "batch1-matmul-2d": 1} and len(after) == len(before) - 3 + 3
-    emb = np.random.default_rng(2).standard_normal((1, 256, 64, 64)).astype(np.float32)
-    a, b = (ort.InferenceSession(str(p)) for p in (src, tmp_path / "rw.onnx"))
-    for points in (1, 4):
-        feeds = decoder_example(emb, name="chelsea", num_points=points)
-        for x, y in zip(a.run(None, feeds), b.run(None, feeds), strict=True):
-            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
+    assert_same_decoder(src, tmp_path / "rw.onnx", seed=2)
     reports = root / "reports" / cfg.name
     conv = pd.read_csv(reports / "convert.csv").set_index("cell")
     assert conv.loc["decoder-fp32-lean", "rewrites"] == (f"identity-layout: {done['identity-layout']} sites; "
@@ -299,5 +293,5 @@ def test_an_unknown_rewrite_is_named(tmp_path):
 
     assert split_flags(["--fp16", "--rewrite", "attn-scale-to-query"], "x") == (["--fp16"], ["attn-scale-to-query"])
     with pytest.raises(ValueError, match=r"convert.variants.fast: --rewrite 'softmax-magic' is not a rewrite "
-                                         r"\(rewrites: attn-scale-to-query, identity-layout, batch1-matmul-2d\)"):
+                                         r"\(rewrites: attn-scale-to-query, identity-layout, batch1-matmul-2d, attn-transposed\)"):
         split_flags(["--rewrite", "softmax-magic"], "convert.variants.fast")

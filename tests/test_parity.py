@@ -54,6 +54,7 @@ def test_correct_artifacts_pass_with_a_row_per_step(tiny_run):
                                                        "mnn-fp32@high", "mnn-fp32@low", "mnn-fp16@normal",
                                                        "mnn-wint8@normal", "mnn-wint8@normal~memory-low",
                                                        "mnn-fp32-static@normal", "mnn-fp32-scaleq@normal", "mnn-fp32-lean@normal",
+                                                       "mnn-fp32-lean-t@normal",
                                                        "mnn-int8@normal",
                                                        "ort-int8-dynamic@fp32", "ort-int8-static@fp32"]
     # precision low computes fp32 on this x86 CPU: its rows say so instead of repeating precision normal's

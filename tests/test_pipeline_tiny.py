@@ -22,7 +22,7 @@ def test_every_stage_ran(tiny_run):
                                                "parity", "bench", "profile", "report"], "ran")
 
 
-@pytest.mark.parametrize("stage,rows", [("export_encoder", 1), ("export_decoder", 1), ("simplify", 2), ("convert", 12)])
+@pytest.mark.parametrize("stage,rows", [("export_encoder", 1), ("export_decoder", 1), ("simplify", 2), ("convert", 14)])
 def test_reports_have_one_row_per_artifact_with_provenance(tiny_run, stage, rows):
     root, cfg, _ = tiny_run
     df = pd.read_csv(root / "reports" / cfg.name / f"{stage}.csv")
