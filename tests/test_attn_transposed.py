@@ -11,14 +11,15 @@ from conftest import assert_same_decoder
 from stages.runtimes.onnx_rewrites import apply_rewrites, attn_transposed
 
 
-def _attention(n: int, m: int, opset: int = 17, transposed_inputs: bool = False):
-    """softmax(q @ kT / 4) @ v on inputs q [1, 2, n, 16], kT [1, 2, 16, m], v [1, 2, m, 16], then the head merge."""
+def _attention(n: int, m: int, opset: int = 17, transposed_inputs: bool = False, v_shape: list[int] | None = None):
+    """softmax(q @ kT / 4) @ v on inputs q [1, 2, n, 16], kT [1, 2, 16, m], v [1, 2, m, 16] (or v_shape: MatMul
+    broadcasts), then the head merge."""
     from onnx import TensorProto, helper, numpy_helper
 
     def value(name, shape):
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
-    inputs = [value("q", [1, 2, n, 16]), value("kT", [1, 2, 16, m]), value("v", [1, 2, m, 16])]
+    inputs = [value("q", [1, 2, n, 16]), value("kT", [1, 2, 16, m]), value("v", v_shape or [1, 2, m, 16])]
     nodes, q = [], "q"
     if transposed_inputs:  # q reaches the MatMul through a head split, as in SAM
         inputs[0] = value("qr", [1, n, 2, 16])
@@ -60,10 +61,23 @@ def test_a_long_query_short_key_attention_is_computed_transposed_with_the_same_n
 
 
 def test_attn_transposed_leaves_other_attentions_and_old_opsets_alone():
+    from onnx import TensorProto, helper
+
     short_query = _attention(100, 5)  # 100 query rows: not worth it
     long_key = _attention(300, 300)  # a long softmax axis is what the kernels like
     old = _attention(300, 5, opset=12)  # before opset 13, Softmax's axis flattened the rest: -2 means another thing
-    for model in (short_query, long_key, old):
+    shared_v = _attention(300, 5, v_shape=[5, 16])  # one v for every head, broadcast: no 4-D transpose of it
+    seen = _attention(300, 5)  # the attention weights are a graph output too: transposing them would change it
+    seen.graph.output.append(helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 2, 300, 5]))
+    with_body = _attention(300, 5)  # a subgraph could read any tensor of the graph
+    body = helper.make_graph([helper.make_node("Identity", ["a"], ["z"])], "body", [],
+                             [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 300, 5])])
+    with_body.graph.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+    with_body.graph.node.append(helper.make_node("If", ["cond"], ["w"], then_branch=body, else_branch=body))
+    with_body.graph.output.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [1, 2, 300, 5]))
+    assert _run(shared_v, {"q": np.ones((1, 2, 300, 16), np.float32), "kT": np.ones((1, 2, 16, 5), np.float32),
+                           "v": np.ones((5, 16), np.float32)}).shape == (1, 300, 2, 16)  # a valid graph
+    for model in (short_query, long_key, old, shared_v, seen, with_body):
         before = model.SerializeToString()
         assert attn_transposed(model) == 0 and model.SerializeToString() == before
 
@@ -75,7 +89,8 @@ def test_the_tiny_decoder_rewritten_computes_the_same_and_its_variant_passes_par
     src = root / "build" / cfg.name / "onnx" / "decoder.sim.onnx"
     done = apply_rewrites(src, ["attn-transposed"], tmp_path / "t.onnx")
     graphs = [onnx.load(str(p)).graph for p in (src, tmp_path / "t.onnx")]
-    axes = [[a.i for n in g.node if n.op_type == "Softmax" for a in n.attribute] for g in graphs]
+    axes = [[next((a.i for a in n.attribute if a.name == "axis"), -1) for n in g.node if n.op_type == "Softmax"]
+            for g in graphs]
     # the tiny decoder has one layer: one image-to-token attention; token-to-image and self attention stay
     assert done == {"attn-transposed": 1} and axes[1].count(-2) == 1 and len(axes[1]) == len(axes[0])
     transposes = [[n.op_type for n in g.node].count("Transpose") for g in graphs]

@@ -87,7 +87,7 @@ def identity_layout(model) -> int:
     Flatten keeps the elements in order, and a Tile or Expand in it that ends at its start's element count
     repeated nothing. Returns how many ops were dropped. A graph with subgraphs (If, Loop) is left as it is:
     their bodies may read a tensor this would bypass or drop."""
-    if any(a.type in (a.GRAPH, a.GRAPHS) for n in model.graph.node for a in n.attribute):
+    if _has_subgraphs(model):
         return 0
     shapes, producer = _shapes(model), _producers(model)
     graph_outputs = {o.name for o in model.graph.output}
@@ -163,25 +163,17 @@ def attn_transposed(model) -> int:
     its two MatMuls get N = 4096 instead of N = 7 or 16. The same numbers up to float rounding; the transposes
     it adds fold into the head split and merge around it. Returns the attention sites rewritten."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 13:  # before 13, Softmax flattened from its axis on: axis -2 would mean something else
+    if opset < 13 or _has_subgraphs(model):  # before 13, Softmax flattened from its axis on: -2 meant another thing
         return 0
     shapes, producer, users = _shapes(model), _producers(model), _consumers(model)
+    outputs = {o.name for o in model.graph.output}
     count = 0
     for sm in list(model.graph.node):
-        s = shapes.get(sm.input[0]) if sm.op_type == "Softmax" else None
-        axis = next((a.i for a in sm.attribute if a.name == "axis"), -1)
-        if not s or len(s) != 4 or axis not in (-1, 3) or s[2] < 256 or s[3] > 64:
+        site = _attention_site(model, sm, shapes, producer, users, outputs) if sm.op_type == "Softmax" else None
+        if site is None:
             continue
-        scale, x = [], sm.input[0]  # scalar Mul / Div between the MatMul and the Softmax commute with it
-        while (p := producer.get(x)) is not None and p.op_type in ("Mul", "Div") and _is_scalar(model, p.input[1]) \
-                and len(users.get(x, [])) == 1:
-            scale.append(p)
-            x = p.input[0]
-        qk, after = producer.get(x), users.get(sm.output[0], [])
-        if qk is None or qk.op_type != "MatMul" or len(users.get(x, [])) != 1 or len(after) != 1 \
-                or after[0].op_type != "MatMul" or after[0].input[0] != sm.output[0]:
-            continue
-        av = after[0]
+        qk, scale, av = site
+        x = qk.output[0]
         qk.input[:] = [_transpose(model, qk.input[1], qk), _transpose(model, qk.input[0], qk)]  # k, q^T
         del sm.attribute[:]
         sm.attribute.append(_attr("axis", -2))
@@ -198,6 +190,33 @@ def attn_transposed(model) -> int:
     if count:
         _merge_transposes(model)
     return count
+
+
+def _attention_site(model, sm, shapes, producer, users, outputs):
+    """(q @ k MatMul, scalar Mul/Div ops between it and the Softmax, the MatMul after it) when Softmax `sm` is
+    one `attn_transposed` rewrites: 4-D operands, softmax over a short last axis of a long static row axis,
+    every tensor in between read once and none of them a graph output; else None."""
+    s = shapes.get(sm.input[0])
+    axis = next((a.i for a in sm.attribute if a.name == "axis"), -1)
+    if not s or len(s) != 4 or axis not in (-1, 3) or s[2] < 256 or s[3] > 64:
+        return None
+    scale, x = [], sm.input[0]  # scalar Mul / Div (x * c, x / c) between the MatMul and the Softmax commute with it
+    while (p := producer.get(x)) is not None and p.op_type in ("Mul", "Div") and _is_scalar(model, p.input[1]) \
+            and len(users.get(x, [])) == 1 and x not in outputs:
+        scale.append(p)
+        x = p.input[0]
+    qk, after = producer.get(x), users.get(sm.output[0], [])
+    if qk is None or qk.op_type != "MatMul" or len(users.get(x, [])) != 1 or x in outputs or len(after) != 1 \
+            or after[0].op_type != "MatMul" or after[0].input[0] != sm.output[0] or sm.output[0] in outputs:
+        return None
+    if any(len(shapes.get(t) or []) != 4 for t in (*qk.input, after[0].input[1])):
+        return None  # a broadcast 2-D / 3-D operand: a 4-D Transpose does not apply
+    return qk, scale, after[0]
+
+
+def _has_subgraphs(model) -> bool:
+    """Whether a node has a body (If, Loop): it may read a tensor a rewrite bypasses or drops."""
+    return any(a.type in (a.GRAPH, a.GRAPHS) for n in model.graph.node for a in n.attribute)
 
 
 def _consumers(model) -> dict[str, list]:
@@ -231,11 +250,11 @@ def _merge_transposes(model) -> None:
     """Transpose(Transpose(x, p), t) -> Transpose(x, p[t]); an identity perm is dropped. Nodes nothing reads
     any more go."""
     producer, graph_outputs = _producers(model), {o.name for o in model.graph.output}
-    perm = lambda n: list(next(a.ints for a in n.attribute if a.name == "perm"))  # noqa: E731
+    perm = lambda n: list(next((a.ints for a in n.attribute if a.name == "perm"), []))  # noqa: E731
     for t in list(model.graph.node):
         p = producer.get(t.input[0]) if t.op_type == "Transpose" else None
-        if p is None or p.op_type != "Transpose":
-            continue
+        if p is None or p.op_type != "Transpose" or not perm(t) or not perm(p):
+            continue  # (a Transpose without perm reverses its axes: left as it is)
         outer, inner = perm(t), perm(p)
         both = [inner[i] for i in outer]
         t.input[0] = p.input[0]
