@@ -46,11 +46,7 @@ def attn_scale_to_query(model) -> int:
     to float rounding. Returns how many MatMul-Mul pairs were rewritten."""
     import onnx
 
-    shapes, producer = _shapes(model), _producers(model)
-    uses: dict[str, int] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    shapes, producer, users = _shapes(model), _producers(model), _consumers(model)
     count = 0
     for mul in list(model.graph.node):
         if mul.op_type not in ("Mul", "Div") or len(mul.input) != 2:
@@ -59,7 +55,7 @@ def attn_scale_to_query(model) -> int:
             continue  # only x / constant moves
         mm_out, const = (mul.input if mul.input[0] in producer else mul.input[::-1])
         mm = producer.get(mm_out)
-        if mm is None or mm.op_type != "MatMul" or not _is_scalar(model, const) or uses.get(mm_out, 0) != 1:
+        if mm is None or mm.op_type != "MatMul" or not _is_scalar(model, const) or len(users.get(mm_out, [])) != 1:
             continue
         q = mm.input[0]
         # q [..., M, K] @ k [..., K, N] -> [..., M, N]: q is the smaller one when K < N (dynamic dims aside)
