@@ -26,6 +26,7 @@ from stages.config import load_sweep
 from stages.core.artifacts import SAMPLES_CSV, atomic_output, file_sha256, machine
 from stages.core.isolate import run_isolated
 from stages.core.names import SIM_ONNX, artifact_paths
+from stages.core.signals import deferred
 from stages.core.status import Status, is_ok
 from stages.ondevice.timing import summarize
 from stages.runtimes import RUNTIMES, OrtRuntime
@@ -78,9 +79,10 @@ def run(ctx) -> list[dict]:
             stop.set()  # Ctrl-C: no new remote cell starts; close_all below kills the running ones there
             raise
         finally:
-            close_all(remote)
-            pool.shutdown(wait=True, cancel_futures=True)
-            close_all(remote)  # a call a target's thread started while the first close ran (then it is gone too)
+            with deferred():  # a Ctrl-C in the first close comes after all three steps
+                close_all(remote)
+                pool.shutdown(wait=True, cancel_futures=True)
+                close_all(remote)  # a call a target's thread started while the first close ran (now gone too)
     for r in rows:
         r["out_h"], r["out_w"] = r.pop("out_size")
     _speedups(rows)

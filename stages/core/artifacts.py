@@ -31,6 +31,18 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def cached_file_sha256(path: Path) -> str:
+    """file_sha256, cached by path, size and mtime: an artifact copied to targets is hashed once per process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = file_sha256(path)
+    return _SHA_CACHE[key]
+
+
 def sidecars(path: Path) -> list[Path]:
     """The side files of an artifact that exist (external weights), in a fixed order."""
     return [q for q in (path.with_name(path.name + s) for s in SIDECARS) if q.exists()]

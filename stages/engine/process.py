@@ -14,7 +14,11 @@ from typing import Any
 
 from stages.core import artifacts
 from stages.core.errors import PipelineError
+from stages.core.signals import HELD, hold
 from stages.engine.graph import Stage, StageContext
+from stages.runtimes.ssh_session import CLOSE_BOUND_S
+
+STOP_WAIT_S = CLOSE_BOUND_S + 30  # after SIGTERM, how long a stage may take to clean up before it is killed
 
 # Heavy modules the stage processes start from: imported once by multiprocessing's fork server, so each
 # stage process forks from it in about 0.1 s instead of importing torch again (about 3 s).
@@ -22,14 +26,15 @@ _PRELOAD = ["torch", "onnx", "onnxruntime", "numpy", "pandas", "stages.sam.model
 
 
 def _interrupt_once(signum, frame):
-    """A stage's first SIGINT or SIGTERM unwinds it; later ones are ignored so they cannot cut its cleanup short.
-    Ctrl-C reaches the stage and the runner together, and the runner then terminates the stage: without this,
-    that SIGTERM could land before the cleanup (a remote run folder removed over SSH) had begun. The runner
-    kills a stage still alive 30 s later."""
+    """A stage's first SIGINT or SIGTERM unwinds it; later ones are held (stages/core/signals.py: not ignored, so
+    the ssh a cleanup starts can still be stopped) and cannot cut its cleanup short. Ctrl-C reaches the stage and
+    the runner together, and the runner then terminates the stage: without this, that SIGTERM could land before
+    the cleanup (a remote run folder removed over SSH) had begun. The runner kills a stage still alive STOP_WAIT_S
+    later, or at a second Ctrl-C."""
     import signal
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    for sig in HELD:
+        signal.signal(sig, hold)
     raise KeyboardInterrupt
 
 
@@ -80,12 +85,7 @@ def in_own_process(stage: Stage, ctx: StageContext) -> tuple[str, Any, str, floa
         outcome = _outcome(proc, q)
         proc.join()
     except BaseException:  # Ctrl-C / SIGTERM here: stop the stage the same way, then go on unwinding
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        _stop(proc, stage.name)
         for d in {o.parent for o in stage.outs}:
             artifacts.remove_partials(d)
         raise
@@ -102,6 +102,23 @@ def in_own_process(stage: Stage, ctx: StageContext) -> tuple[str, Any, str, floa
     if outcome[0] == "interrupted":
         raise KeyboardInterrupt
     return (*outcome, sampler.peak_mb)
+
+
+def _stop(proc, name: str) -> None:
+    """Terminate a stage and give it STOP_WAIT_S to clean up (the longest cleanup a stage does: an SSH target's
+    close); then, or at once at another Ctrl-C / SIGTERM here, kill it."""
+    if not proc.is_alive():
+        return
+    proc.terminate()
+    try:
+        proc.join(STOP_WAIT_S)
+    except KeyboardInterrupt:
+        logging.getLogger(__name__).warning("stage %s killed before its cleanup was done: a remote target's run "
+                                            "folder may be left behind", name)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def _outcome(proc, q) -> tuple | None:

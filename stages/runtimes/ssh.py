@@ -18,14 +18,14 @@ without numpy or MNN, a full disk: each fails that call with a message and the t
 from __future__ import annotations
 
 import logging
-import signal
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from stages.core.errors import ConfigError, PipelineError
 from stages.core.isolate import IsolatedResult
+from stages.core.signals import deferred
 from stages.runtimes.ssh_session import SESSIONS, SESSIONS_LOCK, TargetDown, session, tail
 
 log = logging.getLogger(__name__)
@@ -121,16 +121,15 @@ def parse_ssh(spec: str, where: str = "target") -> SshTarget:
 
 
 def close_all(targets) -> None:
-    """close() every SSH target among `targets` (the others have nothing to clean up). After Ctrl-C the runner
-    also sends SIGTERM to the stage (stages/engine/process.py), which would cut this cleanup short: in the main thread
-    SIGINT and SIGTERM wait until it is done (each remote step is bounded by its timeout)."""
-    shield = threading.current_thread() is threading.main_thread()
-    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if shield else {}
-    try:
-        for t in targets:
-            if isinstance(t, SshTarget):
-                t.close()
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
+    """close() every SSH target among `targets` (the others have nothing to clean up), in parallel: all of them
+    take at most ssh_session.CLOSE_BOUND_S. After Ctrl-C the runner also sends SIGTERM to the stage (stages/engine/process.py),
+    which must not cut this cleanup short: signals that come meanwhile are delivered when it is done."""
+    ssh = [t for t in targets if isinstance(t, SshTarget)]
+    if not ssh:
+        return
+    with deferred(), ThreadPoolExecutor(len(ssh), thread_name_prefix="ssh-close") as pool:
+        for f in [pool.submit(t.close) for t in ssh]:
+            try:
+                f.result()
+            except Exception as e:  # one target's cleanup failing leaves the others' to finish
+                log.warning("closing an SSH target failed: %s: %s", type(e).__name__, e)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stages.core.artifacts import file_sha256
+from stages.core.artifacts import cached_file_sha256
 from stages.core.isolate import IsolatedResult, describe_exit
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
                "-o", "ServerAliveCountMax=2")
+CLEANUP_STEP_S, MASTER_EXIT_S = 60, 30  # close(): one cleanup command there, then the master connection's exit
+CLOSE_BOUND_S = CLEANUP_STEP_S + MASTER_EXIT_S  # the longest a close() takes
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +52,7 @@ def session(target: SshTarget) -> _Session:
 
 
 def tail(log_file: Path, lines: int = 12) -> str:
-    try:
-        return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def content_hash(path: Path) -> str:
-    """sha256 of a file (cached by path, size and mtime: an artifact is hashed once per process)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = file_sha256(path)
-    return _SHA_CACHE[key]
+    return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:]) if log_file.is_file() else ""
 
 
 @dataclass
@@ -166,8 +153,8 @@ class _Session:
         content's (two variants can be the same bytes: vit_t's decoder.fp32-static.mnn is decoder.fp32.mnn)."""
         weight = local.with_name(local.name + ".weight")
         files = [local, *([weight] if weight.exists() else [])]
-        sha = content_hash(local) if len(files) == 1 else hashlib.sha256(
-            "".join(content_hash(f) for f in files).encode()).hexdigest()
+        sha = cached_file_sha256(local) if len(files) == 1 else hashlib.sha256(
+            "".join(cached_file_sha256(f) for f in files).encode()).hexdigest()
         there = f"{self.folder}/files/{sha}"
         name = "content" + "".join(local.suffixes[-1:])  # MNN reads <model>.weight beside <model>
         with self.lock:
@@ -244,7 +231,7 @@ class _Session:
     def remote_quiet(self, command: str) -> None:
         """Best effort (cleaning up): a failure is logged, never raised."""
         try:
-            self.remote(command, "cleaning up", timeout_s=60)
+            self.remote(command, "cleaning up", timeout_s=CLEANUP_STEP_S)
         except TargetDown as e:
             log.warning("%s", e)
 
@@ -263,8 +250,13 @@ class _Session:
                      self.copied_bytes / 1e6, self.reused,
                      f"kept in {self.folder}" if self.target.keep else "run folder and copied files removed")
         if self.control:
-            subprocess.run(["ssh", *self._options()[:-2], "-O", "exit", "-p", str(self.target.port),
-                            self.target.destination], capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+            try:  # a master that does not answer in time stops itself (ControlPersist)
+                subprocess.run(["ssh", *self._options()[:-2], "-O", "exit", "-p", str(self.target.port),
+                                self.target.destination], capture_output=True, stdin=subprocess.DEVNULL,
+                               timeout=MASTER_EXIT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("target %s: the SSH master connection did not stop in %d s", self.target.name,
+                            MASTER_EXIT_S)
             shutil.rmtree(self.control, ignore_errors=True)
 
 
