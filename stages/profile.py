@@ -3,7 +3,10 @@
 MNN: the Session API with per-op callbacks (MNN's own op names and FLOP counts). A Session cannot run a
 graph whose shapes depend on an input's values (the decoder's orig_im_size), so the decoder is profiled
 from a copy of its simplified ONNX with orig_im_size and the point count fixed to the profile's workload,
-converted with the variant's own flags. onnxruntime: its built-in profiler on the simplified ONNX.
+converted with the variant's own flags. As MnnRuntime runs it (profile.decoder_upsample: fp32), that copy is
+cut at low_res_masks and iou_predictions, and the numpy upsample to the full-size masks is timed beside it as
+one more op row. onnxruntime: its built-in profiler on the simplified ONNX (the decoder whole, as the bench
+times it).
 Both at the same thread count; each op type's GFLOP/s is set against the dense matmul rate.
 Writes reports/<model>/profile.csv (one row per component, runtime, artifact and op type) and profile.md.
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.utils
 from onnx import numpy_helper
 
 from stages.bench.cells import expand_variants
@@ -26,6 +30,7 @@ from stages.core.names import SIM_ONNX, artifact_paths, mnn_artifact, mnn_file
 from stages.core.status import Status
 from stages.runtimes.onnx_rewrites import apply_rewrites, split_flags
 from stages.runtimes.roofline import matmul_rate
+from stages.runtimes.tasks import UPSAMPLE_OP
 from stages.runtimes.tasks import profile as profile_task
 from stages.sam.preprocess import preprocess_image
 from stages.sam.samples import load_images
@@ -52,6 +57,16 @@ def fix_shapes(src: Path, dst: Path, values: dict[str, np.ndarray], dims: dict[s
     onnx.save(model, str(dst))
 
 
+def cut_outputs(src: Path, dst: Path, drop: set[str]) -> dict[str, list[int]]:
+    """The ONNX without the outputs in `drop` and the nodes only they need; the kept outputs' shapes."""
+    model = onnx.load(str(src))
+    inputs = [i.name for i in model.graph.input]
+    keep = [o.name for o in model.graph.output if o.name not in drop]
+    onnx.utils.extract_model(str(src), str(dst), inputs, keep)
+    out = onnx.load(str(dst), load_external_data=False).graph.output
+    return {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in out}
+
+
 def run(ctx) -> list[dict]:
     pcfg = ctx.cfg.profile
     paths = artifact_paths(ctx.cells)
@@ -63,10 +78,10 @@ def run(ctx) -> list[dict]:
         rate = run_isolated(matmul_rate, {"threads": pcfg.threads, "n": 2048, "min_seconds": 1.0},
                             ctx.build / "logs" / "profile-matmul.log", 300)
         gflops_peak = rate.result.get("gflops", float("nan")) if rate.ok else float("nan")
-        for component, runtime, artifact, model in _jobs(ctx, paths, variants, fixed, d, rows):
+        for component, runtime, artifact, model, upsample in _jobs(ctx, paths, variants, fixed, d, rows):
             cell = f"{component}/{artifact}"
             res = run_isolated(profile_task, {"runtime": runtime, "model": model, "feeds": str(d / f"{component}.npz"),
-                                              "threads": pcfg.threads, "runs": pcfg.runs},
+                                              "threads": pcfg.threads, "runs": pcfg.runs, "upsample": upsample},
                                ctx.build / "logs" / f"profile-{component}-{artifact}.log", pcfg.timeout_s)
             if not res.ok:
                 rows.append({"cell": cell, "component": component, "runtime": runtime, "artifact": artifact,
@@ -74,7 +89,8 @@ def run(ctx) -> list[dict]:
                 log.error("profile %s failed: %s", cell, res.why)
                 continue
             base = {"cell": cell, "component": component, "runtime": runtime, "artifact": artifact,
-                    "threads": pcfg.threads}
+                    "threads": pcfg.threads,
+                    "upsample": "" if not SPECS[component].shape_inputs else "fp32" if upsample else "graph"}
             rows.extend(_op_rows(base, res.result, gflops_peak, workload[component]))
     md = ctx.reports / "profile.md"
     with atomic_output(md) as tmp:
@@ -116,14 +132,28 @@ def _inputs(ctx, paths: dict, d: Path) -> tuple[dict[str, Path], dict[str, str]]
     return fixed, workload
 
 
+def _mnn_decoder_source(ctx, fixed: Path, d: Path) -> tuple[Path, dict | None]:
+    """The fixed-shape decoder MNN is profiled from, and the upsample timed beside it (None: the whole graph)."""
+    if ctx.cfg.profile.decoder_upsample != "fp32":
+        return fixed, None
+    cut = d / "decoder.fixed.cut.onnx"
+    shapes = cut_outputs(fixed, cut, {"masks"})
+    low_res = shapes.get("low_res_masks", [])
+    if not low_res or 0 in low_res:  # no low_res_masks of static shape: MnnModel would run this one whole
+        return fixed, None
+    return cut, {"low_res_shape": low_res, "orig_hw": list(ctx.cfg.profile.decoder_out_size)}
+
+
 def _jobs(ctx, paths: dict, variants: list[str], fixed: dict[str, Path], d: Path, rows: list[dict]) -> list[tuple]:
-    """(component, runtime, artifact, model file) to profile: the simplified ONNX on onnxruntime and each MNN
-    variant (the decoder's converted from its fixed-shape ONNX with the variant's flags); rows for those that
-    cannot be."""
+    """(component, runtime, artifact, model file, upsample to time beside it) to profile: the simplified ONNX on
+    onnxruntime and each MNN variant (the decoder's converted from its fixed-shape ONNX, cut as MnnRuntime runs
+    it, with the variant's flags); rows for those that cannot be."""
     pcfg = ctx.cfg.profile
     jobs = []
     for component, spec in SPECS.items():
-        jobs.append((component, "onnxruntime", SIM_ONNX, str(fixed[component])))
+        jobs.append((component, "onnxruntime", SIM_ONNX, str(fixed[component]), None))
+        source, upsample = (_mnn_decoder_source(ctx, fixed[component], d) if spec.shape_inputs and variants
+                            else (fixed[component], None))
         for v in variants:
             if not paths[mnn_artifact(v)][component].exists():  # its conversion failed: convert.csv says why
                 rows.append({"cell": f"{component}/mnn-{v}", "component": component, "runtime": "mnn",
@@ -136,10 +166,10 @@ def _jobs(ctx, paths: dict, variants: list[str], fixed: dict[str, Path], d: Path
                 mnn = d / mnn_file(component, v)
                 flags, rewrites = split_flags([*ctx.cfg.convert.variants[v], *ctx.cfg.convert.extra_args],
                                               f"convert.variants.{v}")
-                src = fixed[component]
+                src = source
                 if rewrites:  # as the convert stage does: the rewritten copy is what MNN's converter reads
                     src = d / f"{component}.{v}.rewritten.onnx"
-                    apply_rewrites(fixed[component], rewrites, src)
+                    apply_rewrites(source, rewrites, src)
                 flags, _ = static_flags(src, flags, d)
                 res = run_isolated(mnnconvert, {"argv": converter_argv(src, mnn, flags), "dst": str(mnn),
                                                 "feeds": str(d / f"{component}.npz")},
@@ -148,7 +178,7 @@ def _jobs(ctx, paths: dict, variants: list[str], fixed: dict[str, Path], d: Path
                     rows.append({"cell": f"{component}/mnn-{v}", "component": component, "runtime": "mnn",
                                  "artifact": mnn_artifact(v), "status": str(Status.failed(res.why))})
                     continue
-            jobs.append((component, "mnn", mnn_artifact(v), str(mnn)))
+            jobs.append((component, "mnn", mnn_artifact(v), str(mnn), upsample))
     return jobs
 
 
@@ -175,6 +205,11 @@ def markdown(model: str, rows: list[dict], peak: float, threads: int) -> str:
            f"Dense fp32 matmul rate here: {peak:.0f} GFLOP/s. MNN: Session API with per-op callbacks (MNN's "
            "FLOP counts, a multiply-add as 2 FLOP like the matmul rate); onnxruntime: its profiler, node times only. "
            "`wall` is one whole run; `ops` the sum of op times. Full table: profile.csv.\n"]
+    if any(r.get("upsample") == "fp32" for r in rows):
+        out.append(f"MNN's decoder is profiled as MnnRuntime runs it (upsample fp32): the graph cut at low_res_masks "
+                   f"and iou_predictions, plus the numpy resize to the full-size masks, timed beside it as the op "
+                   f"row `{UPSAMPLE_OP}` and counted in `wall` and `ops`. onnxruntime's decoder runs whole, its "
+                   f"`Resize` included. Both as the bench times them.\n")
     for r in rows:
         if Status.read(r.get("status", "ok")) != Status.ok():
             out.append(f"- {r['cell']}: {r['status']}\n")

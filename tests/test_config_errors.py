@@ -57,6 +57,9 @@ def test_unknown_choice_lists_allowed_values(tmp_path):
     path = write_config(tmp_path / "c.yaml", **{"simplify.tool": "onnx-sim"})
     with pytest.raises(ConfigError, match=r"simplify\.tool: 'onnx-sim' is not one of onnxslim, onnxsim, none"):
         load_model_config(str(path))
+    path = write_config(tmp_path / "c.yaml", **{"profile.decoder_upsample": "numpy"})
+    with pytest.raises(ConfigError, match=r"profile\.decoder_upsample: 'numpy' is not one of fp32, graph"):
+        load_model_config(str(path))
 
 
 def test_unknown_builder_lists_builders(tmp_path):

@@ -19,6 +19,7 @@ from stages.convert import static_flags
 from stages.core.errors import ConfigError
 from stages.report.choose import recommended
 from stages.runtimes import MnnRuntime
+from stages.runtimes.tasks import UPSAMPLE_OP
 from stages.sam.spec import decoder_feeds
 from stages.tools.segment import parse_options, recommended_models
 
@@ -112,8 +113,17 @@ def test_profile_rows_add_up_and_name_where_time_goes(tiny_run):
         assert g["share_pct"].sum() == pytest.approx(100, abs=1)
     conv = prof[(prof["runtime"] == "mnn") & (prof["op_type"] == "Convolution") & (prof["component"] == "encoder")]
     assert (conv["gflop"] > 0).all() and (conv["roofline_frac"] > 0).all()
+    # the decoder as each runtime runs it in the bench: MNN's cut at low_res_masks with the numpy upsample beside
+    # it (no resize op left in its graph), onnxruntime's whole, its Resize ops included
+    dec = prof[prof["component"] == "decoder"]
+    mnn, ort = dec[dec["runtime"] == "mnn"], dec[dec["runtime"] == "onnxruntime"]
+    assert (mnn["upsample"] == "fp32").all() and (ort["upsample"] == "graph").all()
+    for _, g in mnn.groupby("artifact"):
+        assert (g["op_type"] == UPSAMPLE_OP).sum() == 1 and g.loc[g["op_type"] == UPSAMPLE_OP, "ms"].iloc[0] > 0
+        assert not g["op_type"].isin(["Interp", "Resize"]).any(), sorted(g["op_type"])
+    assert ort["op_type"].isin(["Resize"]).any() and not (ort["op_type"] == UPSAMPLE_OP).any()
     text = (root / "reports" / cfg.name / "profile.md").read_text()
-    assert "## encoder" in text and "## decoder" in text and "mnn-fp32-static" in text
+    assert "## encoder" in text and "## decoder" in text and "mnn-fp32-static" in text and UPSAMPLE_OP in text
 
 
 def _lat(**kw):

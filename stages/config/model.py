@@ -101,6 +101,9 @@ class ProfileConfig:
     runs: int = 3  # profiled runs after one warm-up; per-op times are the median over runs
     decoder_points: int = 1
     decoder_out_size: list[int] = field(default_factory=lambda: [1200, 1800])
+    # MNN's decoder as MnnRuntime runs it by default: "fp32" profiles the graph cut at low_res_masks and times
+    # the numpy upsample beside it; "graph" profiles the whole graph, in-graph resize included
+    decoder_upsample: Literal["fp32", "graph"] = "fp32"
     timeout_s: int = 900
 
     def __post_init__(self) -> None:
