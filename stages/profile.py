@@ -59,7 +59,7 @@ def fix_shapes(src: Path, dst: Path, values: dict[str, np.ndarray], dims: dict[s
 
 def cut_outputs(src: Path, dst: Path, drop: set[str]) -> dict[str, list[int]]:
     """The ONNX without the outputs in `drop` and the nodes only they need; the kept outputs' shapes."""
-    model = onnx.load(str(src))
+    model = onnx.load(str(src), load_external_data=False)
     inputs = [i.name for i in model.graph.input]
     keep = [o.name for o in model.graph.output if o.name not in drop]
     onnx.utils.extract_model(str(src), str(dst), inputs, keep)
@@ -83,14 +83,12 @@ def run(ctx) -> list[dict]:
             res = run_isolated(profile_task, {"runtime": runtime, "model": model, "feeds": str(d / f"{component}.npz"),
                                               "threads": pcfg.threads, "runs": pcfg.runs, "upsample": upsample},
                                ctx.build / "logs" / f"profile-{component}-{artifact}.log", pcfg.timeout_s)
+            base = {"cell": cell, "component": component, "runtime": runtime, "artifact": artifact,
+                    "threads": pcfg.threads, "upsample": _upsample_label(ctx, component, runtime, upsample or {})}
             if not res.ok:
-                rows.append({"cell": cell, "component": component, "runtime": runtime, "artifact": artifact,
-                             "status": str(Status.failed(res.why))})
+                rows.append({**base, "status": str(Status.failed(res.why))})
                 log.error("profile %s failed: %s", cell, res.why)
                 continue
-            base = {"cell": cell, "component": component, "runtime": runtime, "artifact": artifact,
-                    "threads": pcfg.threads,
-                    "upsample": "" if not SPECS[component].shape_inputs else "fp32" if upsample else "graph"}
             rows.extend(_op_rows(base, res.result, gflops_peak, workload[component]))
     md = ctx.reports / "profile.md"
     with atomic_output(md) as tmp:
@@ -132,51 +130,66 @@ def _inputs(ctx, paths: dict, d: Path) -> tuple[dict[str, Path], dict[str, str]]
     return fixed, workload
 
 
-def _mnn_decoder_source(ctx, fixed: Path, d: Path) -> tuple[Path, dict | None]:
-    """The fixed-shape decoder MNN is profiled from, and the upsample timed beside it (None: the whole graph)."""
+def _cut_for_upsample(ctx, src: Path, dst: Path) -> tuple[Path, dict | None]:
+    """The fixed-shape decoder as MnnRuntime runs it (profile.decoder_upsample fp32: cut at low_res_masks and
+    iou_predictions) and the upsample to time beside it; (src, None) where it runs whole."""
     if ctx.cfg.profile.decoder_upsample != "fp32":
-        return fixed, None
-    cut = d / "decoder.fixed.cut.onnx"
-    shapes = cut_outputs(fixed, cut, {"masks"})
-    low_res = shapes.get("low_res_masks", [])
-    if not low_res or 0 in low_res:  # no low_res_masks of static shape: MnnModel would run this one whole
-        return fixed, None
-    return cut, {"low_res_shape": low_res, "orig_hw": list(ctx.cfg.profile.decoder_out_size)}
+        return src, None
+    try:
+        low_res = cut_outputs(src, dst, {"masks"}).get("low_res_masks", [])
+    except Exception as e:  # onnx's extractor or checker: profile the whole graph, and say so
+        log.warning("profile: cannot cut %s at low_res_masks (%s): its whole graph is profiled", src.name, e)
+        return src, None
+    if not low_res or 0 in low_res:  # MnnModel runs a decoder without low_res_masks whole
+        log.warning("profile: %s has no low_res_masks of static shape: its whole graph is profiled", src.name)
+        return src, None
+    return dst, {"low_res_shape": low_res, "orig_hw": list(ctx.cfg.profile.decoder_out_size)}
+
+
+def _mnn_decoder(ctx, v: str, fixed: Path, d: Path) -> tuple[Path | str, dict | None]:
+    """Variant v's decoder as the profile runs it: its fixed-shape ONNX, rewritten as the convert stage does,
+    cut as MnnRuntime runs it, converted with the variant's flags; (MNN file or why not, upsample)."""
+    flags, rewrites = split_flags([*ctx.cfg.convert.variants[v], *ctx.cfg.convert.extra_args], f"convert.variants.{v}")
+    src = fixed
+    if rewrites:  # on the whole graph, as the convert stage does: the rewritten copy is what the converter reads
+        src = d / f"decoder.{v}.rewritten.onnx"
+        apply_rewrites(fixed, rewrites, src)
+    src, upsample = _cut_for_upsample(ctx, src, d / f"decoder.{v}.cut.onnx")
+    flags, _ = static_flags(src, flags, d)
+    mnn = d / mnn_file("decoder", v)
+    res = run_isolated(mnnconvert, {"argv": converter_argv(src, mnn, flags), "dst": str(mnn),
+                                    "feeds": str(d / "decoder.npz")},
+                       ctx.build / "logs" / f"profile-convert-decoder-{v}.log", ctx.cfg.profile.timeout_s)
+    return (mnn if res.ok else res.why), upsample
+
+
+def _upsample_label(ctx, component: str, runtime: str, upsample: dict | None = None) -> str:
+    """profile.csv's `upsample`: where a decoder's full-size masks were made ("" for the encoder)."""
+    if not SPECS[component].shape_inputs:
+        return ""
+    if runtime != "mnn":
+        return "graph"
+    return "fp32" if upsample else "graph" if upsample is not None else ctx.cfg.profile.decoder_upsample
 
 
 def _jobs(ctx, paths: dict, variants: list[str], fixed: dict[str, Path], d: Path, rows: list[dict]) -> list[tuple]:
     """(component, runtime, artifact, model file, upsample to time beside it) to profile: the simplified ONNX on
     onnxruntime and each MNN variant (the decoder's converted from its fixed-shape ONNX, cut as MnnRuntime runs
     it, with the variant's flags); rows for those that cannot be."""
-    pcfg = ctx.cfg.profile
     jobs = []
     for component, spec in SPECS.items():
         jobs.append((component, "onnxruntime", SIM_ONNX, str(fixed[component]), None))
-        source, upsample = (_mnn_decoder_source(ctx, fixed[component], d) if spec.shape_inputs and variants
-                            else (fixed[component], None))
         for v in variants:
+            row = {"cell": f"{component}/mnn-{v}", "component": component, "runtime": "mnn",
+                   "artifact": mnn_artifact(v), "upsample": _upsample_label(ctx, component, "mnn")}
             if not paths[mnn_artifact(v)][component].exists():  # its conversion failed: convert.csv says why
-                rows.append({"cell": f"{component}/mnn-{v}", "component": component, "runtime": "mnn",
-                             "artifact": mnn_artifact(v),
-                             "status": str(Status.skipped(f"{ctx.rel(paths[mnn_artifact(v)][component])} missing"))})
+                rows.append({**row, "status": str(Status.skipped(f"{ctx.rel(paths[mnn_artifact(v)][component])} missing"))})
                 continue
-            if not spec.shape_inputs:
-                mnn = paths[mnn_artifact(v)][component]
-            else:  # the fixed-shape graph converted with this variant's flags
-                mnn = d / mnn_file(component, v)
-                flags, rewrites = split_flags([*ctx.cfg.convert.variants[v], *ctx.cfg.convert.extra_args],
-                                              f"convert.variants.{v}")
-                src = source
-                if rewrites:  # as the convert stage does: the rewritten copy is what MNN's converter reads
-                    src = d / f"{component}.{v}.rewritten.onnx"
-                    apply_rewrites(source, rewrites, src)
-                flags, _ = static_flags(src, flags, d)
-                res = run_isolated(mnnconvert, {"argv": converter_argv(src, mnn, flags), "dst": str(mnn),
-                                                "feeds": str(d / f"{component}.npz")},
-                                   ctx.build / "logs" / f"profile-convert-{component}-{v}.log", pcfg.timeout_s)
-                if not res.ok:
-                    rows.append({"cell": f"{component}/mnn-{v}", "component": component, "runtime": "mnn",
-                                 "artifact": mnn_artifact(v), "status": str(Status.failed(res.why))})
+            mnn, upsample = paths[mnn_artifact(v)][component], None
+            if spec.shape_inputs:  # the fixed-shape graph, converted with this variant's flags
+                mnn, upsample = _mnn_decoder(ctx, v, fixed[component], d)
+                if isinstance(mnn, str):
+                    rows.append({**row, "status": str(Status.failed(mnn))})
                     continue
             jobs.append((component, "mnn", mnn_artifact(v), str(mnn), upsample))
     return jobs
@@ -223,6 +236,7 @@ def markdown(model: str, rows: list[dict], peak: float, threads: int) -> str:
         out += [f"| {a} | {t.runtime} | {t.wall_ms:.1f} | {t.ops_ms:.1f} | {t.graph_ops} |" for a, t in totals.iterrows()]
         for artifact, a in g.groupby("artifact", sort=False):
             top = a.sort_values("ms", ascending=False).head(8)
+            top = pd.concat([top, a[(a["op_type"] == UPSAMPLE_OP) & ~a.index.isin(top.index)]])  # always shown
             out.append(f"\n{artifact}: top op types\n\n| op type | count | ms | share % | GFLOP/s | of matmul rate |\n|---|---|---|---|---|---|")
             out += [f"| {r.op_type} | {r.count} | {r.ms:.1f} | {r.share_pct:.1f} | "
                     f"{'' if r.gflops != r.gflops else f'{r.gflops:.0f}'} | "

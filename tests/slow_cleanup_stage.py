@@ -1,4 +1,5 @@
-"""A stage module for tests/test_stop.py: its cleanup outlasts any test (a remote cleanup that hangs)."""
+"""A stage module for tests/test_stop.py: on Ctrl-C it cleans up for CLEANUP_S seconds (default: longer than
+any test waits, a remote cleanup that hangs), then writes `cleaned`."""
 
 import os
 import time
@@ -10,4 +11,5 @@ def run(ctx):
         time.sleep(300)
     finally:
         (ctx.root / "cleaning").write_text("")
-        time.sleep(300)
+        time.sleep(float(os.environ.get("CLEANUP_S", "300")))
+        (ctx.root / "cleaned").write_text("")

@@ -85,9 +85,11 @@ def in_own_process(stage: Stage, ctx: StageContext) -> tuple[str, Any, str, floa
         outcome = _outcome(proc, q)
         proc.join()
     except BaseException:  # Ctrl-C / SIGTERM here: stop the stage the same way, then go on unwinding
-        _stop(proc, stage.name)
-        for d in {o.parent for o in stage.outs}:
-            artifacts.remove_partials(d)
+        try:
+            _stop(proc, q, stage.name)
+        finally:
+            for d in {o.parent for o in stage.outs}:
+                artifacts.remove_partials(d)
         raise
     finally:
         q.close()
@@ -104,21 +106,41 @@ def in_own_process(stage: Stage, ctx: StageContext) -> tuple[str, Any, str, floa
     return (*outcome, sampler.peak_mb)
 
 
-def _stop(proc, name: str) -> None:
+def _stop(proc, q, name: str) -> None:
     """Terminate a stage and give it STOP_WAIT_S to clean up (the longest cleanup a stage does: an SSH target's
-    close); then, or at once at another Ctrl-C / SIGTERM here, kill it."""
-    if not proc.is_alive():
-        return
-    proc.terminate()
+    close), passing its log records on meanwhile; then, or at once at another Ctrl-C / SIGTERM here, kill it."""
+    import time
+
+    log = logging.getLogger(__name__)
     try:
-        proc.join(STOP_WAIT_S)
+        if not proc.is_alive():
+            return
+        proc.terminate()
+        log.warning("stage %s: waiting up to %d s for its cleanup; Ctrl-C again to stop it now", name, STOP_WAIT_S)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while proc.is_alive() and time.monotonic() < deadline:
+            _pass_on_logs(q, 0.2)
+        if proc.is_alive():
+            log.warning("stage %s killed: its cleanup took over %d s and may be incomplete", name, STOP_WAIT_S)
     except KeyboardInterrupt:
-        logging.getLogger(__name__).warning("stage %s killed before its cleanup was done: a remote target's run "
-                                            "folder may be left behind", name)
+        log.warning("stage %s killed before its cleanup was done (an SSH target's run folder may be left there)",
+                    name)
     finally:
         if proc.is_alive():
             proc.kill()
             proc.join()
+
+
+def _pass_on_logs(q, timeout: float) -> None:
+    """Hand the child's log records that come within `timeout` to this process's loggers; drop anything else."""
+    import queue as queue_mod
+
+    try:
+        item = q.get(timeout=timeout)
+    except (queue_mod.Empty, OSError, EOFError, ValueError):
+        return
+    if isinstance(item, logging.LogRecord):
+        logging.getLogger(item.name).handle(item)
 
 
 def _outcome(proc, q) -> tuple | None:

@@ -52,7 +52,10 @@ def session(target: SshTarget) -> _Session:
 
 
 def tail(log_file: Path, lines: int = 12) -> str:
-    return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:]) if log_file.is_file() else ""
+    try:
+        return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -86,11 +89,13 @@ class _Session:
     def ssh_argv(self, command: str) -> list[str]:
         return ["ssh", *self._options(), "-p", str(self.target.port), self.target.destination, command]
 
-    def remote(self, command: str, what: str, timeout_s: float = 120, stdin: bytes | None = None) -> str:
-        """Run a shell command there; its stdout. A refusal, a drop or a failing command raises TargetDown."""
+    def remote(self, command: str, what: str, timeout_s: float = 120, stdin: bytes | None = None,
+               detached: bool = False) -> str:
+        """Run a shell command there; its stdout. A refusal, a drop or a failing command raises TargetDown.
+        detached (cleanup): in a session of its own, so a further Ctrl-C at the terminal does not cut it short."""
         try:
             res = subprocess.run(self.ssh_argv(command), input=stdin, capture_output=True, timeout=timeout_s,
-                                 stdin=None if stdin is not None else subprocess.DEVNULL)
+                                 stdin=None if stdin is not None else subprocess.DEVNULL, start_new_session=detached)
         except subprocess.TimeoutExpired:
             raise TargetDown(f"{what} on {self.target.name} timed out after {timeout_s:.0f} s") from None
         if res.returncode != 0:
@@ -228,12 +233,14 @@ class _Session:
         error = result.get("error", "")
         return IsolatedResult(ok=not error, returncode=rc, result=result, error=error, log_tail=said)
 
-    def remote_quiet(self, command: str) -> None:
-        """Best effort (cleaning up): a failure is logged, never raised."""
+    def remote_quiet(self, command: str) -> bool:
+        """Best effort (cleaning up, detached): a failure is logged, never raised; whether it worked."""
         try:
-            self.remote(command, "cleaning up", timeout_s=CLEANUP_STEP_S)
+            self.remote(command, "cleaning up", timeout_s=CLEANUP_STEP_S, detached=True)
+            return True
         except TargetDown as e:
             log.warning("%s", e)
+            return False
 
     def _kill_call(self, n: int) -> None:
         self.remote_quiet(f"cd {shlex.quote(self.run_dir)} && kill -9 $(cat call-{n}.pid) 2>/dev/null; true")
@@ -245,19 +252,19 @@ class _Session:
             kill = (f"for p in {shlex.quote(self.run_dir)}/call-*.pid; do [ -f \"$p\" ] || continue; pid=$(cat \"$p\"); "
                     f"kill -9 $pid 2>/dev/null; i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 100 ]; do "
                     f"sleep 0.1; i=$((i+1)); done; done; ")
-            self.remote_quiet(kill + ("true" if self.target.keep else "rm -rf " + " ".join(shlex.quote(p) for p in [self.run_dir, *gone])))
+            done = self.remote_quiet(kill + ("true" if self.target.keep else "rm -rf " + " ".join(shlex.quote(p) for p in [self.run_dir, *gone])))
             log.info("target %s: copied %d files (%.1f MB), %d already there; %s", self.target.name, len(self.copied),
-                     self.copied_bytes / 1e6, self.reused,
-                     f"kept in {self.folder}" if self.target.keep else "run folder and copied files removed")
+                     self.copied_bytes / 1e6, self.reused, f"kept in {self.folder}" if self.target.keep else
+                     "run folder and copied files removed" if done else f"{self.run_dir} may be left there")
         if self.control:
             try:  # a master that does not answer in time stops itself (ControlPersist)
                 subprocess.run(["ssh", *self._options()[:-2], "-O", "exit", "-p", str(self.target.port),
                                 self.target.destination], capture_output=True, stdin=subprocess.DEVNULL,
-                               timeout=MASTER_EXIT_S)
-            except subprocess.TimeoutExpired:
-                log.warning("target %s: the SSH master connection did not stop in %d s", self.target.name,
-                            MASTER_EXIT_S)
-            shutil.rmtree(self.control, ignore_errors=True)
+                               timeout=MASTER_EXIT_S, start_new_session=True)
+            except (subprocess.TimeoutExpired, OSError) as e:
+                log.warning("target %s: the SSH master connection was not stopped (%s)", self.target.name, e)
+            finally:
+                shutil.rmtree(self.control, ignore_errors=True)
 
 
 def explain(target: SshTarget, what: str, rc: int, said: str) -> str:
