@@ -33,6 +33,12 @@ def converter_argv(src: Path, dst: Path, flags: list[str]) -> list[str]:
 STATIC = "--saveStaticModel"
 
 
+def output_names(src: Path) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(str(src), load_external_data=False).graph.output]
+
+
 def input_shapes(src: Path) -> dict[str, list[int | str]]:
     """Each graph input's shape; a dynamic dim is its name (e.g. 'num_points')."""
     import onnx
@@ -105,7 +111,8 @@ def run(ctx) -> list[dict]:
                     log.info("convert %s: rewrites %s", cell.key, ", ".join(f"{k} ({v} sites)" for k, v in done.items()))
                 with atomic_output(out) as tmp:
                     res = run_isolated(mnnconvert, {"argv": converter_argv(src, tmp, flags), "dst": str(tmp),
-                                                      "feeds": str(feeds_cache[component])}, logfile, ccfg.timeout_s)
+                                                      "feeds": str(feeds_cache[component]),
+                                                      "outputs": output_names(src)}, logfile, ccfg.timeout_s)
                     if not res.ok:
                         raise _CellFailed(res.why)
                     pin_uuid(tmp)
@@ -145,7 +152,11 @@ def mnnconvert(req: dict) -> dict:
     if not dst.exists() or dst.stat().st_size == 0:
         return {"error": "MNN converter wrote no model (see its output: 'Converted Failed!' or unsupported ops)",
                 "convert_seconds": seconds}
-    return {"convert_seconds": seconds, **smoke_run(req)}
+    result = {"convert_seconds": seconds, **smoke_run(req)}
+    lost = [n for n in req.get("outputs", []) if "error" not in result and n not in result["outputs"]]
+    if lost:  # seen: --saveStaticModel on SAM's decoder cut at low_res_masks ("Can't find low_res_masks output, skip")
+        result["error"] = f"MNN's converter dropped output(s) {', '.join(lost)} of the ONNX (see its output)"
+    return result
 
 
 def smoke_run(req: dict) -> dict:

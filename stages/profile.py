@@ -23,7 +23,7 @@ import onnx.utils
 from onnx import numpy_helper
 
 from stages.bench.cells import expand_variants
-from stages.convert import converter_argv, mnnconvert, static_flags
+from stages.convert import converter_argv, mnnconvert, output_names, static_flags
 from stages.core.artifacts import atomic_output
 from stages.core.isolate import run_isolated
 from stages.core.names import SIM_ONNX, artifact_paths, mnn_artifact, mnn_file
@@ -58,7 +58,8 @@ def fix_shapes(src: Path, dst: Path, values: dict[str, np.ndarray], dims: dict[s
 
 
 def cut_outputs(src: Path, dst: Path, drop: set[str]) -> dict[str, list[int]]:
-    """The ONNX without the outputs in `drop` and the nodes only they need; the kept outputs' shapes."""
+    """The ONNX without the outputs in `drop` and the nodes only they need; the kept outputs' shapes (0: not
+    static)."""
     model = onnx.load(str(src), load_external_data=False)
     inputs = [i.name for i in model.graph.input]
     keep = [o.name for o in model.graph.output if o.name not in drop]
@@ -136,29 +137,33 @@ def _cut_for_upsample(ctx, src: Path, dst: Path) -> tuple[Path, dict | None]:
     if ctx.cfg.profile.decoder_upsample != "fp32":
         return src, None
     try:
-        low_res = cut_outputs(src, dst, {"masks"}).get("low_res_masks", [])
+        kept = cut_outputs(src, dst, {"masks"})
     except Exception as e:  # onnx's extractor or checker: profile the whole graph, and say so
         log.warning("profile: cannot cut %s at low_res_masks (%s): its whole graph is profiled", src.name, e)
         return src, None
-    if not low_res or 0 in low_res:  # MnnModel runs a decoder without low_res_masks whole
-        log.warning("profile: %s has no low_res_masks of static shape: its whole graph is profiled", src.name)
+    if "low_res_masks" not in kept:  # MnnModel runs a decoder without low_res_masks whole
+        log.warning("profile: %s has no low_res_masks output: its whole graph is profiled", src.name)
         return src, None
-    return dst, {"low_res_shape": low_res, "orig_hw": list(ctx.cfg.profile.decoder_out_size)}
+    # the upsample's cost depends on shapes only; the spec's (shape inference leaves num_masks symbolic here)
+    low_res = SPECS["decoder"].shape("low_res_masks", num_masks=4 if ctx.cfg.export.multimask_output else 1)
+    return dst, {"low_res_shape": list(low_res), "orig_hw": list(ctx.cfg.profile.decoder_out_size)}
 
 
-def _mnn_decoder(ctx, v: str, fixed: Path, d: Path) -> tuple[Path | str, dict | None]:
+def _mnn_decoder(ctx, v: str, sim: Path, fixed: Path, d: Path) -> tuple[Path | str, dict | None]:
     """Variant v's decoder as the profile runs it: its fixed-shape ONNX, rewritten as the convert stage does,
-    cut as MnnRuntime runs it, converted with the variant's flags; (MNN file or why not, upsample)."""
+    cut as MnnRuntime runs it, converted with the variant's flags; (MNN file or why not, upsample). Static
+    conversion is decided on the simplified decoder, as the convert stage does (SAM's: never, num_points is
+    dynamic); a static copy of the fixed-shape one would time a graph the bench never runs."""
     flags, rewrites = split_flags([*ctx.cfg.convert.variants[v], *ctx.cfg.convert.extra_args], f"convert.variants.{v}")
     src = fixed
     if rewrites:  # on the whole graph, as the convert stage does: the rewritten copy is what the converter reads
         src = d / f"decoder.{v}.rewritten.onnx"
         apply_rewrites(fixed, rewrites, src)
     src, upsample = _cut_for_upsample(ctx, src, d / f"decoder.{v}.cut.onnx")
-    flags, _ = static_flags(src, flags, d)
+    flags, _ = static_flags(sim, flags, d)
     mnn = d / mnn_file("decoder", v)
     res = run_isolated(mnnconvert, {"argv": converter_argv(src, mnn, flags), "dst": str(mnn),
-                                    "feeds": str(d / "decoder.npz")},
+                                    "feeds": str(d / "decoder.npz"), "outputs": output_names(src)},
                        ctx.build / "logs" / f"profile-convert-decoder-{v}.log", ctx.cfg.profile.timeout_s)
     return (mnn if res.ok else res.why), upsample
 
@@ -187,7 +192,7 @@ def _jobs(ctx, paths: dict, variants: list[str], fixed: dict[str, Path], d: Path
                 continue
             mnn, upsample = paths[mnn_artifact(v)][component], None
             if spec.shape_inputs:  # the fixed-shape graph, converted with this variant's flags
-                mnn, upsample = _mnn_decoder(ctx, v, fixed[component], d)
+                mnn, upsample = _mnn_decoder(ctx, v, paths[SIM_ONNX][component], fixed[component], d)
                 if isinstance(mnn, str):
                     rows.append({**row, "status": str(Status.failed(mnn))})
                     continue
