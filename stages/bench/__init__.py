@@ -20,6 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stages.bench.cells import BenchInputs, cell_base, grid, samples_of, timed_row, workloads
+from stages.bench.paired import COLUMNS, paired_rows
 from stages.bench.remote import target_rows
 from stages.bench.tasks import bench
 from stages.config import load_sweep
@@ -28,6 +29,7 @@ from stages.core.isolate import run_isolated
 from stages.core.names import SIM_ONNX, artifact_paths
 from stages.core.signals import deferred
 from stages.core.status import Status, is_ok
+from stages.engine.run import finish_rows
 from stages.ondevice.timing import summarize
 from stages.runtimes import RUNTIMES, OrtRuntime
 from stages.runtimes.roofline import matmul_rate
@@ -37,6 +39,8 @@ from stages.sam.preprocess import preprocess_image
 from stages.sam.samples import load_images
 
 log = logging.getLogger(__name__)
+
+PAIRED_CSV = "paired.csv"
 
 
 def roofline(ctx, sweep, threads: list[int]) -> dict[int, float]:
@@ -68,11 +72,13 @@ def run(ctx) -> list[dict]:
         # each SSH target times its cells one at a time (a device to itself), the targets in parallel; the host's
         # own cells run here meanwhile (an SSH target costs the host little: copying files, waiting)
         pool = ThreadPoolExecutor(max_workers=max(1, len(remote)), thread_name_prefix="bench-target")
+        pairs: list[dict] = []
         stop = threading.Event()
         try:
             futures = [pool.submit(target_rows, inputs, t, stop) for t in remote]
             if HOST in targets:
                 _add(rows, samples, host_rows(inputs))
+                pairs = paired_rows(inputs, inputs.tmp / "feeds.npz", set(str(machine()["cpu_flags"]).split()))
             for f in futures:
                 _add(rows, samples, f.result())
         except BaseException:
@@ -88,6 +94,8 @@ def run(ctx) -> list[dict]:
     _speedups(rows)
     with atomic_output(ctx.reports / SAMPLES_CSV) as tmp:
         pd.DataFrame(samples, columns=["cell", "points", "out_h", "out_w", "run", "ms"]).to_csv(tmp, index=False)
+    with atomic_output(ctx.reports / PAIRED_CSV) as tmp:  # same-process A/B (sweep `paired`), with provenance
+        pd.DataFrame(finish_rows(ctx, pairs) if pairs else [], columns=None if pairs else COLUMNS).to_csv(tmp, index=False)
     return rows
 
 

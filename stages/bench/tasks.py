@@ -66,3 +66,29 @@ def workload(component: str, enc, dec, data: dict[str, np.ndarray], w: dict):
         emb = enc.run({image: preprocess_image(photo)})[embeddings]
         return dec.run(decoder_feeds(emb, pts, labels, photo.shape[:2]))
     return e2e
+
+
+def paired(req: dict) -> dict:
+    """Time two variants of one component in this process, their calls interleaved (a b, then b a, ...), after
+    `warmup` calls each: per workload, each side's call times in ms, in call order. req["b_first"] loads b and
+    starts with it (half the processes do, so neither side always goes first)."""
+    from stages.runtimes import RUNTIMES
+
+    cls = RUNTIMES[req["runtime"]]
+    data = dict(np.load(req["feeds"]))
+    order = ["b", "a"] if req["b_first"] else ["a", "b"]
+    models = {side: load_models(cls, {**req, **req["sides"][side]}) for side in order}
+    results = []
+    for w in req["workloads"]:
+        fns = {side: workload(req["component"], *models[side], data, w) for side in order}
+        for side in order:
+            for _ in range(max(1, req["warmup"])):
+                fns[side]()
+        times: dict[str, list[float]] = {"a": [], "b": []}
+        for i in range(req["calls"]):
+            for side in (order if i % 2 == 0 else order[::-1]):
+                t0 = time.perf_counter()
+                fns[side]()
+                times[side].append(round((time.perf_counter() - t0) * 1000, 4))
+        results.append({**w, "a_ms": times["a"], "b_ms": times["b"]})
+    return {"workloads": results, "runtime_version": cls.version()}

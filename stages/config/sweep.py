@@ -38,6 +38,20 @@ class RuntimeSweep:
 
 
 @schema
+class PairedComparison:
+    """Two variants of one component timed in the same process, calls interleaved (a b, b a, ...), in `processes`
+    fresh processes: a difference far smaller than the spread between processes shows (MNN's 2-thread decoder
+    moves by up to 1.7x between processes here; one process keeps its speed)."""
+
+    component: str
+    runtime: str
+    a: str  # variant names, as in runtimes.<runtime>.variants
+    b: str
+    mode: str = "default"  # a mode of runtimes.<runtime>.modes, for both sides
+    calls: int = 20  # timed calls per side, per workload, per process
+
+
+@schema
 class RooflineConfig:
     matmul_n: int = 2048
     min_seconds: float = 1.0
@@ -57,6 +71,8 @@ class SweepConfig:
     # fresh processes per cell on the host, their timed runs pooled: MNN at 2 threads here is bimodal per process
     # (the same file's p50 65-91 ms in 8 processes), so one process says little about a difference under ~30%
     processes: int = 1
+    # same-process A/B comparisons at the sweep's highest thread count, in `processes` processes: paired.csv
+    paired: list[PairedComparison] = field(default_factory=list)
     # a setting that computes exactly what another does on this machine (MNN precision low on a CPU without
     # fp16 arithmetic is precision normal): skip (a row says so) or time it anyway
     identical_settings: Literal["skip", "run"] = "skip"
@@ -76,6 +92,13 @@ class SweepConfig:
                 RUNTIMES[name].check_mode(f"runtimes.{name}.modes.{mode}", opts)
         if self.processes < 1:
             raise ValueError(f"processes: expected a count >= 1, got {self.processes}")
+        for i, pc in enumerate(self.paired):
+            check_choice(f"paired[{i}].component", pc.component, COMPONENTS)
+            check_choice(f"paired[{i}].runtime", pc.runtime, tuple(self.runtimes))
+            check_choice(f"paired[{i}].mode", pc.mode, tuple(self.runtimes[pc.runtime].modes))
+            if pc.a == pc.b or pc.calls < 2:
+                raise ValueError(f"paired[{i}]: a and b must differ and calls be >= 2, got a={pc.a!r} b={pc.b!r} "
+                                 f"calls={pc.calls}")
         if isinstance(self.threads, str):
             check_choice("threads", self.threads, ("auto",))
         elif not self.threads or any(t < 1 for t in self.threads):

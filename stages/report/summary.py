@@ -178,8 +178,28 @@ def _not_run(lat: pd.DataFrame) -> list[str]:
     return out
 
 
+def _paired(ctx) -> list[str]:
+    """The sweep's same-process A/B comparisons (bench: paired.csv), when it had any."""
+    path = ctx.reports / "paired.csv"
+    df = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    if df.empty:
+        return []
+    df = df.assign(workload=[f"{p} pt -> {h}x{w}" if p else f"{h}x{w}" for p, h, w in
+                             zip(df["points"], df["out_h"], df["out_w"], strict=True)])
+    cols = ["comparison", "workload", "threads", "a_p50_ms", "b_p50_ms", "ratio_b_a", "b_faster_pairs", "pairs",
+            "p_value", "process_ratios", "verdict", "status"]
+    return ["\n## Same-process A/B\n\n"
+            "Each comparison loads both variants in one process and alternates their calls, in several fresh "
+            "processes (paired.csv). `ratio_b_a` is the median of b / a over call pairs; a verdict needs the sign "
+            "test (p < 0.01) and every process's median ratio on the same side of 1.\n\n",
+            markdown_table(df[cols].round({"a_p50_ms": 1, "b_p50_ms": 1, "ratio_b_a": 3})
+                           .astype({"b_faster_pairs": "Int64", "pairs": "Int64"})
+                           .assign(p_value=[f"{v:.2g}" for v in df["p_value"]]).astype(object).fillna(""))]
+
+
 def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots: dict[str, Path]) -> str:
-    out = [*_head(ctx, lat, parity), *_choices(ctx, lat, parity), *_plots(ctx, lat, parity, plots), *_parity(ctx, parity)]
+    out = [*_head(ctx, lat, parity), *_choices(ctx, lat, parity), *_plots(ctx, lat, parity, plots), *_parity(ctx, parity),
+           *_paired(ctx)]
     tp_path = ctx.reports / "target_parity.csv"
     if tp_path.exists():
         tp = pd.read_csv(tp_path)

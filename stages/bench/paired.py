@@ -1,0 +1,110 @@
+"""Same-process A/B comparisons (sweep `paired`): two variants of one component loaded in one child process and
+called alternately, in several fresh processes; reports/MODEL/paired.csv, one row per comparison and workload.
+
+Why: between fresh processes MNN's 2-thread decoder moves by up to 1.7x on this VM, so separate cells cannot show
+a difference of a few percent; inside one process both sides share that process's luck. A row's verdict needs
+both a sign test over all call pairs (b faster or slower in more pairs than chance, p < 0.01) and every process
+agreeing (its median ratio on the same side of 1): one disturbed process cannot make a verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+
+from stages.bench.cells import BenchCell, cell_base, workloads
+from stages.bench.tasks import paired
+from stages.core.artifacts import file_sha256
+from stages.core.isolate import run_isolated
+from stages.core.names import artifact_name
+from stages.core.status import Status
+from stages.sam.spec import parts
+
+log = logging.getLogger(__name__)
+
+P_MAX = 0.01  # the sign test's level for a verdict
+COLUMNS = ["comparison", "component", "runtime", "backend", "precision", "mode", "threads", "a", "b", "points",
+           "out_h", "out_w", "processes", "calls", "a_p50_ms", "b_p50_ms", "ratio_b_a", "ratio_p25", "ratio_p75",
+           "b_faster_pairs", "pairs", "p_value", "process_ratios", "verdict", "upsample", "a_sha256", "b_sha256",
+           "runtime_version", "status"]
+
+
+def paired_rows(inputs, feeds, flags: set[str]) -> list[dict]:
+    """Every comparison of the sweep's `paired` list on this machine, at its highest thread count."""
+    ctx, sweep = inputs.ctx, inputs.sweep
+    threads = max(sweep.thread_counts())
+    rows: list[dict] = []
+    for pc in sweep.paired:
+        rs = sweep.runtimes[pc.runtime]
+        cells = {side: BenchCell(pc.component, pc.runtime, rs.backends[0], artifact_name(pc.runtime, v), v,
+                                 rs.precisions[0], threads, pc.mode) for side, v in (("a", pc.a), ("b", pc.b))}
+        name = f"{pc.component}/{pc.runtime}: {pc.b} vs {pc.a}" + ("" if pc.mode == "default" else f" ~{pc.mode}")
+        base, opts, _ = cell_base(inputs, cells["a"], flags)
+        head = {"comparison": name, "component": pc.component, "runtime": pc.runtime, "backend": rs.backends[0],
+                "precision": rs.precisions[0], "mode": pc.mode, "threads": threads, "a": pc.a, "b": pc.b,
+                "upsample": base["upsample"]}
+        loads = workloads(sweep, pc.component, inputs.photo.shape[:2])
+        files, why = {}, None
+        for side, cell in cells.items():
+            art, needed, missing = inputs.needed(cell)
+            why = why or missing
+            files[side] = (art, needed)
+        if why:
+            rows.extend({**head, **_workload(w), "status": str(Status.skipped(why))} for w in loads)
+            continue
+        req = {"runtime": pc.runtime, "backend": rs.backends[0], "precision": rs.precisions[0], "threads": threads,
+               "component": pc.component, "workloads": loads, "feeds": str(feeds), "warmup": sweep.timing.warmup,
+               "calls": pc.calls, "root": str(ctx.root), "config": str(ctx.cfg.source), "options": opts,
+               "sides": {side: {s.name: str(art[s.name]) for s in parts(pc.component)}
+                         for side, (art, _) in files.items()}}
+        results, why = [], None
+        for i in range(sweep.processes):
+            res = run_isolated(paired, {**req, "b_first": i % 2 == 1},
+                               ctx.build / "logs" / f"bench-paired-{name.replace('/', '_').replace(' ', '')}.log",
+                               sweep.timeout_s)
+            if not res.ok:
+                why = res.why
+                break
+            results.append(res.result)
+        if why:
+            log.error("bench paired %s failed: %s", name, why)
+            rows.extend({**head, **_workload(w), "status": str(Status.failed(why))} for w in loads)
+            continue
+        sha = {f"{side}_sha256": ",".join(file_sha256(p)[:16] for p in needed) for side, (_, needed) in files.items()}
+        for i, w in enumerate(loads):
+            each = [r["workloads"][i] for r in results]
+            rows.append({**head, **_workload(w), **compare_calls([e["a_ms"] for e in each], [e["b_ms"] for e in each]),
+                         **sha, "runtime_version": results[0]["runtime_version"], "status": str(Status.ok())})
+            log.info("bench paired %s, %s: b/a %.3f (%s)", name, _workload(w), rows[-1]["ratio_b_a"],
+                     rows[-1]["verdict"])
+    return rows
+
+
+def _workload(w: dict) -> dict:
+    return {"points": w["points"], "out_h": w["out_size"][0], "out_w": w["out_size"][1]}
+
+
+def compare_calls(a_ms: list[list[float]], b_ms: list[list[float]]) -> dict:
+    """The statistics of one comparison: per process, the call times of each side in call order (paired by
+    index). Ratios are b / a per call pair; the sign test counts the pairs where b was faster (ties dropped)."""
+    from scipy.stats import binomtest
+
+    ratios = [[b / a for a, b in zip(pa, pb, strict=True)] for pa, pb in zip(a_ms, b_ms, strict=True)]
+    flat = sorted(r for rs in ratios for r in rs)
+    faster = sum(r < 1 for r in flat)
+    decided = sum(r != 1 for r in flat)
+    p = binomtest(faster, decided, 0.5).pvalue if decided else 1.0
+    per_process = [statistics.median(rs) for rs in ratios]
+    median = statistics.median(flat)
+    if p < P_MAX and median < 1 and all(r < 1 for r in per_process):
+        verdict = "b faster"
+    elif p < P_MAX and median > 1 and all(r > 1 for r in per_process):
+        verdict = "b slower"
+    else:
+        verdict = "no difference shown"
+    q = statistics.quantiles(flat, n=4) if len(flat) > 1 else [median, median, median]
+    return {"processes": len(ratios), "calls": len(ratios[0]) if ratios else 0,
+            "a_p50_ms": statistics.median(x for xs in a_ms for x in xs),
+            "b_p50_ms": statistics.median(x for xs in b_ms for x in xs), "ratio_b_a": median, "ratio_p25": q[0],
+            "ratio_p75": q[2], "b_faster_pairs": faster, "pairs": len(flat), "p_value": p,
+            "process_ratios": " ".join(f"{r:.3f}" for r in per_process), "verdict": verdict}
