@@ -34,9 +34,13 @@ STATIC = "--saveStaticModel"
 
 
 def output_names(src: Path) -> list[str]:
+    """The ONNX's output names; [] when it cannot be read (the converter then says why it failed)."""
     import onnx
 
-    return [o.name for o in onnx.load(str(src), load_external_data=False).graph.output]
+    try:
+        return [o.name for o in onnx.load(str(src), load_external_data=False).graph.output]
+    except Exception:
+        return []
 
 
 def input_shapes(src: Path) -> dict[str, list[int | str]]:

@@ -29,7 +29,6 @@ from stages.core.isolate import run_isolated
 from stages.core.names import SIM_ONNX, artifact_paths
 from stages.core.signals import deferred
 from stages.core.status import Status, is_ok
-from stages.engine.run import finish_rows
 from stages.ondevice.timing import summarize
 from stages.runtimes import RUNTIMES, OrtRuntime
 from stages.runtimes.roofline import matmul_rate
@@ -95,7 +94,7 @@ def run(ctx) -> list[dict]:
     with atomic_output(ctx.reports / SAMPLES_CSV) as tmp:
         pd.DataFrame(samples, columns=["cell", "points", "out_h", "out_w", "run", "ms"]).to_csv(tmp, index=False)
     with atomic_output(ctx.reports / PAIRED_CSV) as tmp:  # same-process A/B (sweep `paired`), with provenance
-        pd.DataFrame(finish_rows(ctx, pairs) if pairs else [], columns=None if pairs else COLUMNS).to_csv(tmp, index=False)
+        pd.DataFrame(pairs if pairs else [], columns=None if pairs else COLUMNS).to_csv(tmp, index=False)
     return rows
 
 

@@ -14,7 +14,7 @@ import statistics
 
 from stages.bench.cells import BenchCell, cell_base, workloads
 from stages.bench.tasks import paired
-from stages.core.artifacts import file_sha256
+from stages.core.artifacts import file_sha256, machine, tool_versions
 from stages.core.isolate import run_isolated
 from stages.core.names import artifact_name
 from stages.core.status import Status
@@ -23,10 +23,10 @@ from stages.sam.spec import parts
 log = logging.getLogger(__name__)
 
 P_MAX = 0.01  # the sign test's level for a verdict
-COLUMNS = ["comparison", "component", "runtime", "backend", "precision", "mode", "threads", "a", "b", "points",
+COLUMNS = ["model", "weights", "comparison", "component", "runtime", "backend", "precision", "mode", "threads", "a", "b", "points",
            "out_h", "out_w", "processes", "calls", "a_p50_ms", "b_p50_ms", "ratio_b_a", "ratio_p25", "ratio_p75",
            "b_faster_pairs", "pairs", "p_value", "process_ratios", "verdict", "upsample", "a_sha256", "b_sha256",
-           "runtime_version", "status"]
+           "runtime_version", "status", "machine_class", "cpu_flags"]
 
 
 def paired_rows(inputs, feeds, flags: set[str]) -> list[dict]:
@@ -40,7 +40,7 @@ def paired_rows(inputs, feeds, flags: set[str]) -> list[dict]:
                                  rs.precisions[0], threads, pc.mode) for side, v in (("a", pc.a), ("b", pc.b))}
         name = f"{pc.component}/{pc.runtime}: {pc.b} vs {pc.a}" + ("" if pc.mode == "default" else f" ~{pc.mode}")
         base, opts, _ = cell_base(inputs, cells["a"], flags)
-        head = {"comparison": name, "component": pc.component, "runtime": pc.runtime, "backend": rs.backends[0],
+        head = {"model": ctx.cfg.name, "weights": ctx.weights, "comparison": name, "component": pc.component, "runtime": pc.runtime, "backend": rs.backends[0],
                 "precision": rs.precisions[0], "mode": pc.mode, "threads": threads, "a": pc.a, "b": pc.b,
                 "upsample": base["upsample"]}
         loads = workloads(sweep, pc.component, inputs.photo.shape[:2])
@@ -77,7 +77,8 @@ def paired_rows(inputs, feeds, flags: set[str]) -> list[dict]:
                          **sha, "runtime_version": results[0]["runtime_version"], "status": str(Status.ok())})
             log.info("bench paired %s, %s: b/a %.3f (%s)", name, _workload(w), rows[-1]["ratio_b_a"],
                      rows[-1]["verdict"])
-    return rows
+    extra = {**machine(), **tool_versions()}  # as every stage CSV row has them
+    return [{**r, **{k: v for k, v in extra.items() if k not in r}} for r in rows]
 
 
 def _workload(w: dict) -> dict:
