@@ -3,6 +3,7 @@ variants' size, accuracy and speed."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.ticker
@@ -81,7 +82,10 @@ def plot_pareto(lat: pd.DataFrame, parity: pd.DataFrame | None, path: Path) -> N
         for runtime, g in df.groupby("runtime"):
             ax.scatter(g["p50_ms"], g["accuracy"], label=runtime, s=40)
         label_points(ax, df[df["pareto"]])  # the rest are listed in summary.md
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.6g"))  # no "1e-5+9.999e-1" offset
+        # enough decimals for the axis's span (cosines of 0.9999997 and 1.0 printed as "1" before), no offset
+        span = float(df["accuracy"].max() - df["accuracy"].min())
+        digits = min(9, max(3, math.ceil(-math.log10(span)) + 1)) if span > 0 else 6
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter(f"%.{digits}f"))
         front = df[df["pareto"]].sort_values("p50_ms")
         ax.step(front["p50_ms"], front["accuracy"], where="post", color="k", lw=1, ls="--", label="Pareto front")
         ax.set_xlabel(f"p50 latency at {int(lat['threads'].max())} threads, ms")
