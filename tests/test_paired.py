@@ -20,7 +20,7 @@ def test_verdicts_need_the_sign_test_and_every_process():
     rng = np.random.default_rng(0)
     a = [list(rng.uniform(40, 80, 30)) for _ in range(3)]  # processes of very different speeds
     faster = compare_calls(a, [[x * 0.96 for x in p] for p in a])
-    assert faster["verdict"] == "b faster" and faster["b_faster_pairs"] == faster["pairs"] == 90
+    assert faster["verdict"] == "b faster" and faster["b_faster_pairs"] == faster["pairs"] == 90 and faster["ties"] == 0
     assert faster["ratio_b_a"] == pytest.approx(0.96) and faster["p_value"] < 1e-20
     assert faster["processes"] == 3 and faster["calls"] == 30 and len(faster["process_ratios"].split()) == 3
     assert compare_calls(a, [[x * 1.05 for x in p] for p in a])["verdict"] == "b slower"
@@ -29,6 +29,9 @@ def test_verdicts_need_the_sign_test_and_every_process():
     # pooled, b is faster in 60 of 90 pairs (p < 0.01), but one process says the opposite: not a verdict
     mixed = compare_calls(a, [[x * 0.9 for x in a[0]], [x * 0.9 for x in a[1]], [x * 1.1 for x in a[2]]])
     assert mixed["p_value"] < 0.01 and mixed["verdict"] == "no difference shown"
+    tied = compare_calls([[10.0] * 4], [[10.0] * 4])  # all ties: nothing to test
+    assert tied["ties"] == 4 and tied["p_value"] == 1.0 and tied["verdict"] == "no difference shown"
+    assert tied["ratio_p25"] == tied["ratio_p75"] == 1.0
 
 
 def test_bad_paired_entries_are_named(tmp_path):
@@ -36,6 +39,8 @@ def test_bad_paired_entries_are_named(tmp_path):
     for paired, match in [({"component": "decoder", "runtime": "onnxruntime", "a": "x", "b": "y"},
                            r"paired\[0\]\.runtime: 'onnxruntime' is not one of mnn"),
                           ({"component": "decoder", "runtime": "mnn", "a": "fp32", "b": "fp32"}, "a and b must differ"),
+                          ({"component": "decoder", "runtime": "mnn", "a": "fp32", "b": "fp16", "calls": 5},
+                           "calls be even"),
                           ({"component": "decoder", "runtime": "mnn", "a": "fp32", "b": "fp16", "mode": "fast"},
                            r"paired\[0\]\.mode: 'fast' is not one of default")]:
         path = tmp_path / "sweep.yaml"
@@ -53,8 +58,8 @@ def test_a_paired_comparison_is_measured_and_reported(tiny_run, tmp_path):
         "runtimes": {"mnn": {"backends": ["CPU"], "variants": ["fp32"], "precisions": ["normal"]}},
         "threads": [1], "processes": 2, "timing": {"warmup": 1, "min_runs": 2, "min_seconds": 0.0, "max_seconds": 5},
         "roofline": {"matmul_n": 128, "min_seconds": 0.01},
-        "paired": [{"component": "decoder", "runtime": "mnn", "a": "fp32-lean", "b": "fp32-lean-t", "calls": 5},
-                   {"component": "decoder", "runtime": "mnn", "a": "fp32", "b": "no-such-variant", "calls": 5}]}))
+        "paired": [{"component": "decoder", "runtime": "mnn", "a": "fp32-lean", "b": "fp32-lean-t", "calls": 6},
+                   {"component": "decoder", "runtime": "mnn", "a": "fp32", "b": "no-such-variant", "calls": 6}]}))
     cfg = load_model_config(str(write_config(tmp_path / "tiny_vit_t.yaml", **{"bench.sweep": str(sweep)})))
     assert statuses(run_pipeline(cfg, root, targets=["bench", "report"]))["bench"] == "ran"
     summary = (root / "reports" / cfg.name / "summary.md").read_text()
@@ -62,10 +67,18 @@ def test_a_paired_comparison_is_measured_and_reported(tiny_run, tmp_path):
     df = pd.read_csv(root / "reports" / cfg.name / "paired.csv")
     ok, missing = df[df["b"] == "fp32-lean-t"], df[df["b"] == "no-such-variant"]
     assert len(ok) == 2 and sorted(ok["points"]) == [1, 3] and (ok["status"] == "ok").all()
-    assert (ok["processes"] == 2).all() and (ok["calls"] == 5).all() and (ok["pairs"] == 10).all()
+    assert (ok["processes"] == 2).all() and (ok["calls"] == 6).all() and (ok["pairs"] == 12).all()
+    assert ((ok["b_faster_pairs"] + ok["ties"]) <= ok["pairs"]).all()
     assert (ok["a_p50_ms"] > 0).all() and (ok["b_p50_ms"] > 0).all() and (ok["upsample"] == "fp32").all()
     assert ok["verdict"].isin(["b faster", "b slower", "no difference shown"]).all()
     assert ((ok["ratio_p25"] <= ok["ratio_b_a"]) & (ok["ratio_b_a"] <= ok["ratio_p75"])).all()
     assert (ok["weights"] == "random-seed-0").all() and ok["machine_class"].notna().all()
     assert ok["a_sha256"].iloc[0] != ok["b_sha256"].iloc[0]  # two different files were compared
     assert len(missing) == 2 and missing["status"].str.startswith("skipped: no artifact 'mnn-no-such-variant'").all()
+    # only skipped comparisons: the CSV still has every column, and the report still writes its section
+    data = json.loads(sweep.read_text())
+    sweep.write_text(json.dumps({**data, "paired": data["paired"][1:]}))
+    assert statuses(run_pipeline(cfg, root, targets=["bench", "report"]))["report"] == "ran"
+    df = pd.read_csv(root / "reports" / cfg.name / "paired.csv")
+    assert len(df) == 2 and {"ratio_b_a", "p_value", "verdict"} <= set(df.columns) and df["verdict"].isna().all()
+    assert "no-such-variant vs fp32" in (root / "reports" / cfg.name / "summary.md").read_text()

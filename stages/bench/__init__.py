@@ -78,6 +78,8 @@ def run(ctx) -> list[dict]:
             if HOST in targets:
                 _add(rows, samples, host_rows(inputs))
                 pairs = paired_rows(inputs, inputs.tmp / "feeds.npz", set(str(machine()["cpu_flags"]).split()))
+            elif sweep.paired:
+                log.warning("bench: the sweep's paired comparisons run on the host only, which is not a target here")
             for f in futures:
                 _add(rows, samples, f.result())
         except BaseException:
@@ -94,7 +96,8 @@ def run(ctx) -> list[dict]:
     with atomic_output(ctx.reports / SAMPLES_CSV) as tmp:
         pd.DataFrame(samples, columns=["cell", "points", "out_h", "out_w", "run", "ms"]).to_csv(tmp, index=False)
     with atomic_output(ctx.reports / PAIRED_CSV) as tmp:  # same-process A/B (sweep `paired`), with provenance
-        pd.DataFrame(pairs if pairs else [], columns=None if pairs else COLUMNS).to_csv(tmp, index=False)
+        cols = list(dict.fromkeys([*COLUMNS, *(k for r in pairs for k in r)]))  # skipped rows lack the numbers
+        pd.DataFrame(pairs, columns=cols).to_csv(tmp, index=False)
     return rows
 
 

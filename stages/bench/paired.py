@@ -1,10 +1,12 @@
 """Same-process A/B comparisons (sweep `paired`): two variants of one component loaded in one child process and
 called alternately, in several fresh processes; reports/MODEL/paired.csv, one row per comparison and workload.
 
-Why: between fresh processes MNN's 2-thread decoder moves by up to 1.7x on this VM, so separate cells cannot show
-a difference of a few percent; inside one process both sides share that process's luck. A row's verdict needs
-both a sign test over all call pairs (b faster or slower in more pairs than chance, p < 0.01) and every process
-agreeing (its median ratio on the same side of 1): one disturbed process cannot make a verdict.
+Why: MNN's 2-thread decoder on this VM runs either fast or about 2x slower, per process and sometimes switching
+between workloads (one cell's processes spread up to 2.3x), so separate cells cannot show a difference of a few
+percent; the two calls of a pair run back to back and share whatever phase the process is in. A row's verdict
+needs both a sign test over the call pairs (b faster or slower in more untied pairs than chance, p < 0.01) and
+every process agreeing (its median ratio on the same side of 1): one disturbed process cannot make a verdict.
+Runs on the host only, on the runtime's first backend and precision in the sweep.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from stages.core.artifacts import file_sha256, machine, tool_versions
 from stages.core.isolate import run_isolated
 from stages.core.names import artifact_name
 from stages.core.status import Status
+from stages.runtimes import RUNTIMES
 from stages.sam.spec import parts
 
 log = logging.getLogger(__name__)
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 P_MAX = 0.01  # the sign test's level for a verdict
 COLUMNS = ["model", "weights", "comparison", "component", "runtime", "backend", "precision", "mode", "threads", "a", "b", "points",
            "out_h", "out_w", "processes", "calls", "a_p50_ms", "b_p50_ms", "ratio_b_a", "ratio_p25", "ratio_p75",
-           "b_faster_pairs", "pairs", "p_value", "process_ratios", "verdict", "upsample", "a_sha256", "b_sha256",
+           "b_faster_pairs", "ties", "pairs", "p_value", "process_ratios", "verdict", "upsample", "a_sha256", "b_sha256",
            "runtime_version", "status", "machine_class", "cpu_flags"]
 
 
@@ -44,7 +47,7 @@ def paired_rows(inputs, feeds, flags: set[str]) -> list[dict]:
                 "precision": rs.precisions[0], "mode": pc.mode, "threads": threads, "a": pc.a, "b": pc.b,
                 "upsample": base["upsample"]}
         loads = workloads(sweep, pc.component, inputs.photo.shape[:2])
-        files, why = {}, None
+        files, why = {}, RUNTIMES[pc.runtime].unavailable(rs.backends[0])  # never a number measured elsewhere
         for side, cell in cells.items():
             art, needed, missing = inputs.needed(cell)
             why = why or missing
@@ -103,9 +106,9 @@ def compare_calls(a_ms: list[list[float]], b_ms: list[list[float]]) -> dict:
         verdict = "b slower"
     else:
         verdict = "no difference shown"
-    q = statistics.quantiles(flat, n=4) if len(flat) > 1 else [median, median, median]
+    q = statistics.quantiles(flat, n=4, method="inclusive") if len(flat) > 1 else [median, median, median]
     return {"processes": len(ratios), "calls": len(ratios[0]) if ratios else 0,
             "a_p50_ms": statistics.median(x for xs in a_ms for x in xs),
             "b_p50_ms": statistics.median(x for xs in b_ms for x in xs), "ratio_b_a": median, "ratio_p25": q[0],
-            "ratio_p75": q[2], "b_faster_pairs": faster, "pairs": len(flat), "p_value": p,
+            "ratio_p75": q[2], "b_faster_pairs": faster, "ties": len(flat) - decided, "pairs": len(flat), "p_value": p,
             "process_ratios": " ".join(f"{r:.3f}" for r in per_process), "verdict": verdict}

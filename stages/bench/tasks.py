@@ -71,7 +71,8 @@ def workload(component: str, enc, dec, data: dict[str, np.ndarray], w: dict):
 def paired(req: dict) -> dict:
     """Time two variants of one component in this process, their calls interleaved (a b, then b a, ...), after
     `warmup` calls each: per workload, each side's call times in ms, in call order. req["b_first"] loads b and
-    starts with it (half the processes do, so neither side always goes first)."""
+    starts with it (every other process does); calls are even (the sweep checks), so each side goes first in half the
+    pairs of a process."""
     from stages.runtimes import RUNTIMES
 
     cls = RUNTIMES[req["runtime"]]

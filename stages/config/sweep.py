@@ -41,14 +41,14 @@ class RuntimeSweep:
 class PairedComparison:
     """Two variants of one component timed in the same process, calls interleaved (a b, b a, ...), in `processes`
     fresh processes: a difference far smaller than the spread between processes shows (MNN's 2-thread decoder
-    moves by up to 1.7x between processes here; one process keeps its speed)."""
+    here is fast or about 2x slower by process and phase; the two calls of a pair share the phase)."""
 
     component: str
     runtime: str
     a: str  # variant names, as in runtimes.<runtime>.variants
     b: str
     mode: str = "default"  # a mode of runtimes.<runtime>.modes, for both sides
-    calls: int = 20  # timed calls per side, per workload, per process
+    calls: int = 20  # timed calls per side, per workload, per process (even: each side first in half the pairs)
 
 
 @schema
@@ -96,9 +96,9 @@ class SweepConfig:
             check_choice(f"paired[{i}].component", pc.component, COMPONENTS)
             check_choice(f"paired[{i}].runtime", pc.runtime, tuple(self.runtimes))
             check_choice(f"paired[{i}].mode", pc.mode, tuple(self.runtimes[pc.runtime].modes))
-            if pc.a == pc.b or pc.calls < 2:
-                raise ValueError(f"paired[{i}]: a and b must differ and calls be >= 2, got a={pc.a!r} b={pc.b!r} "
-                                 f"calls={pc.calls}")
+            if pc.a == pc.b or pc.calls < 2 or pc.calls % 2:
+                raise ValueError(f"paired[{i}]: a and b must differ and calls be even and >= 2, got a={pc.a!r} "
+                                 f"b={pc.b!r} calls={pc.calls}")
         if isinstance(self.threads, str):
             check_choice("threads", self.threads, ("auto",))
         elif not self.threads or any(t < 1 for t in self.threads):

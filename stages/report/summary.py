@@ -17,6 +17,7 @@ from stages.report.choose import (
     timed,
     variant_points,
     with_checked,
+    workload,
 )
 from stages.report.figures import markdown_table
 from stages.runtimes import identical_skip
@@ -184,17 +185,19 @@ def _paired(ctx) -> list[str]:
     df = pd.read_csv(path) if path.exists() else pd.DataFrame()
     if df.empty:
         return []
-    df = df.assign(workload=[f"{p} pt -> {h}x{w}" if p else f"{h}x{w}" for p, h, w in
-                             zip(df["points"], df["out_h"], df["out_w"], strict=True)])
-    cols = ["comparison", "workload", "threads", "a_p50_ms", "b_p50_ms", "ratio_b_a", "b_faster_pairs", "pairs",
-            "p_value", "process_ratios", "verdict", "status"]
+    df = df.assign(workload=[workload(r) for _, r in df.iterrows()])
+    cols = ["comparison", "workload", "threads", "a_p50_ms", "b_p50_ms", "ratio_b_a", "b_faster_pairs", "ties",
+            "pairs", "p_value", "process_ratios", "verdict", "status"]
+    df = df.reindex(columns=cols)
     return ["\n## Same-process A/B\n\n"
             "Each comparison loads both variants in one process and alternates their calls, in several fresh "
             "processes (paired.csv). `ratio_b_a` is the median of b / a over call pairs; a verdict needs the sign "
-            "test (p < 0.01) and every process's median ratio on the same side of 1.\n\n",
+            "test (p < 0.01, ties dropped) and every process's median ratio on the same side of 1; it is not the "
+            "ratio of the two p50s.\n\n",
             markdown_table(df[cols].round({"a_p50_ms": 1, "b_p50_ms": 1, "ratio_b_a": 3})
-                           .astype({"b_faster_pairs": "Int64", "pairs": "Int64"})
-                           .assign(p_value=[f"{v:.2g}" for v in df["p_value"]]).astype(object).fillna(""))]
+                           .astype({"b_faster_pairs": "Int64", "ties": "Int64", "pairs": "Int64"})
+                           .assign(p_value=[f"{v:.2g}" if v == v else "" for v in df["p_value"]])
+                           .astype(object).fillna(""))]
 
 
 def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots: dict[str, Path]) -> str:
