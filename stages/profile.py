@@ -57,15 +57,13 @@ def fix_shapes(src: Path, dst: Path, values: dict[str, np.ndarray], dims: dict[s
     onnx.save(model, str(dst))
 
 
-def cut_outputs(src: Path, dst: Path, drop: set[str]) -> dict[str, list[int]]:
-    """The ONNX without the outputs in `drop` and the nodes only they need; the kept outputs' shapes (0: not
-    static)."""
+def cut_outputs(src: Path, dst: Path, drop: set[str]) -> list[str]:
+    """The ONNX without the outputs in `drop` and the nodes only they need; the names of the outputs kept."""
     model = onnx.load(str(src), load_external_data=False)
     inputs = [i.name for i in model.graph.input]
     keep = [o.name for o in model.graph.output if o.name not in drop]
     onnx.utils.extract_model(str(src), str(dst), inputs, keep)
-    out = onnx.load(str(dst), load_external_data=False).graph.output
-    return {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in out}
+    return keep
 
 
 def run(ctx) -> list[dict]:
@@ -85,7 +83,7 @@ def run(ctx) -> list[dict]:
                                               "threads": pcfg.threads, "runs": pcfg.runs, "upsample": upsample},
                                ctx.build / "logs" / f"profile-{component}-{artifact}.log", pcfg.timeout_s)
             base = {"cell": cell, "component": component, "runtime": runtime, "artifact": artifact,
-                    "threads": pcfg.threads, "upsample": _upsample_label(ctx, component, runtime, upsample or {})}
+                    "threads": pcfg.threads, "upsample": _upsample_label(component, upsample is not None)}
             if not res.ok:
                 rows.append({**base, "status": str(Status.failed(res.why))})
                 log.error("profile %s failed: %s", cell, res.why)
@@ -168,13 +166,9 @@ def _mnn_decoder(ctx, v: str, sim: Path, fixed: Path, d: Path) -> tuple[Path | s
     return (mnn if res.ok else res.why), upsample
 
 
-def _upsample_label(ctx, component: str, runtime: str, upsample: dict | None = None) -> str:
+def _upsample_label(component: str, outside: bool) -> str:
     """profile.csv's `upsample`: where a decoder's full-size masks were made ("" for the encoder)."""
-    if not SPECS[component].shape_inputs:
-        return ""
-    if runtime != "mnn":
-        return "graph"
-    return "fp32" if upsample else "graph" if upsample is not None else ctx.cfg.profile.decoder_upsample
+    return "" if not SPECS[component].shape_inputs else "fp32" if outside else "graph"
 
 
 def _jobs(ctx, paths: dict, variants: list[str], fixed: dict[str, Path], d: Path, rows: list[dict]) -> list[tuple]:
@@ -186,7 +180,7 @@ def _jobs(ctx, paths: dict, variants: list[str], fixed: dict[str, Path], d: Path
         jobs.append((component, "onnxruntime", SIM_ONNX, str(fixed[component]), None))
         for v in variants:
             row = {"cell": f"{component}/mnn-{v}", "component": component, "runtime": "mnn",
-                   "artifact": mnn_artifact(v), "upsample": _upsample_label(ctx, component, "mnn")}
+                   "artifact": mnn_artifact(v), "upsample": _upsample_label(component, ctx.cfg.profile.decoder_upsample == "fp32")}
             if not paths[mnn_artifact(v)][component].exists():  # its conversion failed: convert.csv says why
                 rows.append({**row, "status": str(Status.skipped(f"{ctx.rel(paths[mnn_artifact(v)][component])} missing"))})
                 continue

@@ -16,7 +16,7 @@ import statistics
 
 from stages.bench.cells import BenchCell, cell_base, workloads
 from stages.bench.tasks import paired
-from stages.core.artifacts import file_sha256, machine, tool_versions
+from stages.core.artifacts import file_sha256, with_machine
 from stages.core.isolate import run_isolated
 from stages.core.names import artifact_name
 from stages.core.status import Status
@@ -80,8 +80,7 @@ def paired_rows(inputs, feeds, flags: set[str]) -> list[dict]:
                          **sha, "runtime_version": results[0]["runtime_version"], "status": str(Status.ok())})
             log.info("bench paired %s, %s: b/a %.3f (%s)", name, _workload(w), rows[-1]["ratio_b_a"],
                      rows[-1]["verdict"])
-    extra = {**machine(), **tool_versions()}  # as every stage CSV row has them
-    return [{**r, **{k: v for k, v in extra.items() if k not in r}} for r in rows]
+    return with_machine(rows)  # as every stage CSV row has them
 
 
 def _workload(w: dict) -> dict:

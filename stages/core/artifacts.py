@@ -108,6 +108,12 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
+def with_machine(rows: list[dict]) -> list[dict]:
+    """Rows with this machine's and the tools' columns added (what every report row carries), their own kept."""
+    extra = {**machine(), **tool_versions()}
+    return [{**r, **{k: v for k, v in extra.items() if k not in r}} for r in rows]
+
+
 # CPU features that change which kernels runtimes pick (x86 vector/matrix units, ARM fp16/dot-product/i8mm)
 KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "asimdhp", "asimddp", "i8mm", "fphp",
                 "sve", "sve2", "sme", "sme2", "avx_vnni")

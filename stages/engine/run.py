@@ -86,8 +86,7 @@ def provenance(ctx: StageContext) -> dict[str, Any]:
 
 def finish_rows(ctx: StageContext, rows: list[dict]) -> list[dict]:
     prov = provenance(ctx)
-    extra = {**artifacts.machine(), **artifacts.tool_versions()}
-    return [{**prov, **r, **{k: v for k, v in extra.items() if k not in r}} for r in rows]
+    return artifacts.with_machine([{**prov, **r} for r in rows])
 
 
 def _select(stages: list[Stage], targets: list[str] | None, single: bool, path: Path) -> list[Stage]:
