@@ -93,8 +93,16 @@ test: install
 test-e2e: install
 	$(PY) -m pytest -q -m e2e
 
+# MODEL must be a model's name (build/NAME, reports/NAME): never empty, a path, or a committed reports folder
+KEPT_REPORTS := baselines measured demo
 clean:
-	rm -rf build/$(MODEL) reports/$(MODEL)
+	@m='$(subst ','"'"',$(MODEL))'; case "$$m" in \
+	  ""|.*|-*|*/*|*[!A-Za-z0-9._-]*|baselines|measured|demo) \
+	    echo "make clean: MODEL='$$m' is not a model name: expected one like vit_t (letters, digits, . _ -;" \
+	         "not empty, not a path, not one of the committed reports folders $(KEPT_REPORTS))" >&2; exit 2;; \
+	esac; rm -rf -- "build/$$m" "reports/$$m"
 
+# everything made here (builds, reports, the venv) but the committed reports/{$(KEPT_REPORTS)}
 clean-all:
-	rm -rf build reports/*/ $(VENV)
+	rm -rf build $(VENV)
+	find reports -mindepth 1 -maxdepth 1 $(foreach k,$(KEPT_REPORTS),-not -name $(k)) -exec rm -rf -- {} +

@@ -22,6 +22,28 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
 
 
+def threads_arg(text: str) -> int:
+    """--threads: a whole number of threads, 1 to 256."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of threads (expected 1 to 256)") from None
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"{n} threads: expected 1 to 256")
+    return n
+
+
+def minutes_arg(text: str) -> float:
+    """--idle-minutes: a finite number of minutes > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v < 1e6:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of minutes > 0")
+    return v
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vit_t", help="name under configs/models/ or a path to a model YAML")
     p.add_argument("--root", type=Path, default=ROOT, help="folder for build/ and reports/ (and relative checkpoint paths)")
@@ -202,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", help='one per point, 1 foreground / 0 background: "1,0" (default all 1)')
     p.add_argument("--box", help='x0,y0,x1,y1 in image pixels')
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "segment")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=threads_arg, default=2)
     p.add_argument("--precision", help="MNN precision: normal, high, low, Low_BF16 (default: recommended, else normal)")
     p.add_argument("--upsample", choices=("graph", "fp32"),
                    help="fp32 (default): the decoder runs without its in-graph resize and its low_res_masks are "
@@ -214,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="vit_t", help="serve build/MODEL's MNN variants")
     p.add_argument("--root", type=Path, default=ROOT)
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--idle-minutes", type=float, default=30.0, help="stop after this long without a request")
+    p.add_argument("--threads", type=threads_arg, default=2)
+    p.add_argument("--idle-minutes", type=minutes_arg, default=30.0, help="stop after this long without a request")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("arm-env", help="build the emulated ARM64 target (Debian arm64 root + MNN's aarch64 wheel "
                                        "under QEMU) in build/targets/arm64, if it is not there")

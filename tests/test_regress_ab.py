@@ -18,7 +18,7 @@ from conftest import ROOT_DIR, copy_build, write_config
 from stages.core.errors import PipelineError
 from stages.tools.ab_stats import ab_rows, ab_verdict, compare_samples
 from stages.tools.compare import LatencyGate
-from stages.tools.regress import resolve_base, round_order
+from stages.tools.regress import BaseRef, Side, prepare_base, resolve_base, round_order
 
 RNG = np.random.default_rng(0)
 clone_finished: dict[str, str] = {}  # when each stage of the copied build finished
@@ -95,6 +95,24 @@ def test_cells_missing_or_failing_on_the_new_side_are_reported():
 def test_a_base_ref_that_does_not_exist_is_named():
     with pytest.raises(PipelineError, match=r"base ref 'no-such-ref' is not a commit in .*BASE=main"):
         resolve_base(ROOT_DIR, "no-such-ref")
+
+
+def test_a_base_worktree_whose_checkout_was_cut_short_is_made_again(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "pipeline.yaml").write_text("stages: {}\n")
+    (repo / "a.py").write_text("x = 1\n")
+    _git(repo, "add", "-A")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-q", "-m", "one")
+    sha = _git(repo, "rev-parse", "HEAD").strip()
+    new = Side("new", repo, tmp_path / "root")
+    side = prepare_base(repo, BaseRef(sha, "test"), new, "m")
+    assert (side.tree / "a.py").read_text() == "x = 1\n"
+    (side.tree / "a.py").unlink()  # as if the checkout had been interrupted: .git is there, files are not
+    side.tree.with_name(side.tree.name + ".ready").unlink()
+    side = prepare_base(repo, BaseRef(sha, "test"), new, "m")
+    assert (side.tree / "a.py").read_text() == "x = 1\n"
 
 
 # ------------------------------------------------------------------ end to end in a throwaway clone

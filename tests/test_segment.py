@@ -122,7 +122,7 @@ def test_missing_and_unreadable_images(tmp_path):
         read_image(tmp_path / "nope.jpg")
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
-    with pytest.raises(PipelineError, match=r"notes.jpg is not an image MNN can read"):
+    with pytest.raises(PipelineError, match=r"notes.jpg: not a JPEG, PNG or BMP image"):
         read_image(bad)
 
 

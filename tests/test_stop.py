@@ -135,3 +135,19 @@ def test_one_ctrl_c_waits_for_a_cleanup_that_ends(tmp_path):
         assert "killed" not in out, out
     finally:
         _kill(proc, stage)
+
+
+def test_a_stage_past_its_timeout_is_stopped_after_its_cleanup_and_fails_saying_so(tmp_path):
+    proc = _python(f"""
+        from pathlib import Path
+        from stages.engine.graph import Stage, StageContext
+        from stages.engine.process import in_own_process
+        stage = Stage("slow", "slow_cleanup_stage", [], [], timeout_s=3)
+        root = Path({str(tmp_path)!r})
+        kind, why, *_ = in_own_process(stage, StageContext(stage, None, root, root, root, "random-seed-0"))
+        print(kind, why)
+    """, env_extra={"CLEANUP_S": "1"})
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "error stage slow did not finish within 3 s (timeout_s in pipeline.yaml): stopped" in out, out
+    assert (tmp_path / "cleaned").exists(), out  # stopped as at Ctrl-C: its cleanup ran to its end

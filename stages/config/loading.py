@@ -16,16 +16,59 @@ from stages.config.schema import as_schema, yaml_fields
 from stages.core.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+MAX_YAML_DEPTH = 100  # no config nests near this; a deeper file is a mistake or an attack on the parser
+MAX_YAML_BYTES = 4 * 2**20
+
+
+class StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a mapping with a key given twice (YAML keeps the last one silently) and nesting
+    deeper than MAX_YAML_DEPTH (PyYAML composes recursively: a deep file ends in RecursionError)."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.MarkedYAMLError(problem=f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                           problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a list or mapping as a key: the schema refuses it, naming the key
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r} (each key may appear once)",
+                                           problem_mark=key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(path: Path) -> Any:
-    """safe_load a YAML file; a syntax error names the file and line."""
+    """Load a YAML file strictly (StrictLoader); a syntax error, a duplicate key, a file that is not UTF-8 text
+    or one nested too deep names the file and line."""
     try:
-        text = path.read_text()
+        if path.is_dir():
+            raise ConfigError(f"cannot read {path}: it is a folder, expected a YAML file")
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes, expected a YAML config under "
+                              f"{MAX_YAML_BYTES // 2**20} MB")
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at line {line}); "
+                          "expected a UTF-8 YAML file") from None
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

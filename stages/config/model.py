@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import field
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,8 @@ from stages.core.errors import ConfigError
 # which checking a config must not
 BUILDER_NAMES = ("mobile_sam.vit_t", "segment_anything.vit_b", "segment_anything.vit_l", "segment_anything.vit_h",
                  "tiny.vit_t", "tiny.vit_b")
+
+MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"  # a model's name: one path component, no '..' start
 
 # Converter flags per MNN variant. Weight-only int8 changes storage only (see PITFALLS.md).
 DEFAULT_VARIANTS = {
@@ -136,6 +139,9 @@ class ModelConfig:
     raw: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(MODEL_NAME, self.name):  # it names build/NAME and reports/NAME
+            raise ValueError(f"name: {self.name!r} is not a plain model name: expected letters, digits, '.', "
+                             "'_' or '-', starting with a letter or digit (it names build/NAME and reports/NAME)")
         clash = set(self.quantize.variants) & set(self.convert.variants)
         if clash:
             raise ValueError(f"quantize.variants: {sorted(clash)[0]!r} is also a convert.variants name; "

@@ -14,6 +14,7 @@ from pathlib import Path
 from stages.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
+APT_TIMEOUT_S = 900  # one apt-get call (update or install): a mirror that stops answering must not hold the lock
 
 
 def tool(name: str) -> str | None:
@@ -35,7 +36,13 @@ def ensure(needs: dict[str, str], purpose: str, install: bool = True) -> dict[st
                 log.info("installing Debian packages %s (%s)", " ".join(todo), purpose)
                 env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
                 for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *todo]):
-                    res = subprocess.run(argv, capture_output=True, text=True, env=env)
+                    try:
+                        res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=APT_TIMEOUT_S,
+                                             stdin=subprocess.DEVNULL)
+                    except subprocess.TimeoutExpired:
+                        raise PipelineError(f"`{' '.join(argv)}` did not finish within {APT_TIMEOUT_S} s (a "
+                                            "package mirror that does not answer?); nothing was installed "
+                                            f"for {purpose}") from None
                     if res.returncode != 0:
                         raise PipelineError(f"`{' '.join(argv)}` failed: {(res.stderr or res.stdout).strip()[-500:]}. "
                                             f"{purpose} needs the Debian packages {', '.join(sorted(set(needs.values())))}")

@@ -18,7 +18,10 @@ from stages.core import artifacts
 from stages.core.errors import ConfigError
 
 PIPELINE_FILE = Path(__file__).resolve().parents[2] / "pipeline.yaml"  # the repository's stage graph
-STAGE_KEYS = {"module", "params", "deps", "outs", "matrix", "desc", "report", "on_demand"}
+STAGE_KEYS = {"module", "params", "deps", "outs", "matrix", "desc", "report", "on_demand", "timeout_s"}
+# A stage still running after this many seconds is stopped and fails (its cleanup runs, as at Ctrl-C); a
+# stage's `timeout_s` in pipeline.yaml sets its own. vit_h's slowest stages take under an hour on 2 cores.
+DEFAULT_STAGE_TIMEOUT_S = 4 * 3600
 
 @dataclass
 class Cell:
@@ -44,6 +47,7 @@ class Stage:
     # on_demand: run only when named (`run --model M target_parity`), never as part of a plain run or as
     # another stage's input; a stage that reads its outputs takes them when they are there
     on_demand: bool = False
+    timeout_s: float = DEFAULT_STAGE_TIMEOUT_S
 
     @property
     def deps(self) -> list[Path]:
@@ -112,7 +116,7 @@ def load_pipeline(path: Path, cfg: ModelConfig, root: Path) -> list[Stage]:
         _check_spec(name, spec, cfg, where)
         stages.append(Stage(name, spec["module"], list(spec.get("params", [])), _cells(spec, cfg, variables, root, where),
                             spec.get("desc", ""), reports_dir(root, cfg) / spec.get("report", f"{name}.csv"),
-                            spec.get("on_demand", False)))
+                            spec.get("on_demand", False), spec.get("timeout_s", DEFAULT_STAGE_TIMEOUT_S)))
     _check_graph(stages, path)
     return stages
 
@@ -138,6 +142,9 @@ def _check_spec(name: str, spec: Any, cfg: ModelConfig, where: str) -> None:
             raise ConfigError(f"{where}: param {p!r} is not a key of the model config {cfg.source}") from None
     if not isinstance(spec.get("on_demand", False), bool):
         raise ConfigError(f"{where}: 'on_demand' must be true or false")
+    timeout = spec.get("timeout_s", DEFAULT_STAGE_TIMEOUT_S)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ConfigError(f"{where}: 'timeout_s' must be a number of seconds > 0, got {timeout!r}")
 
 
 def _cells(spec: dict, cfg: ModelConfig, variables: dict[str, str], root: Path, where: str) -> list[Cell]:

@@ -82,7 +82,15 @@ def in_own_process(stage: Stage, ctx: StageContext) -> tuple[str, Any, str, floa
     proc.start()
     sampler = TreeMemory(proc.pid)
     try:
-        outcome = _outcome(proc, q)
+        outcome = _outcome(proc, q, stage.timeout_s)
+        if outcome is TIMED_OUT:
+            try:
+                _stop(proc, q, stage.name)
+            finally:
+                for d in {o.parent for o in stage.outs}:
+                    artifacts.remove_partials(d)
+            return ("error", f"stage {stage.name} did not finish within {stage.timeout_s:g} s (timeout_s in "
+                    "pipeline.yaml): stopped", "", float("nan"), sampler.peak_mb)
         proc.join()
     except BaseException:  # Ctrl-C / SIGTERM here: stop the stage the same way, then go on unwinding
         try:
@@ -143,15 +151,23 @@ def _pass_on_logs(q, timeout: float) -> None:
         logging.getLogger(item.name).handle(item)
 
 
-def _outcome(proc, q) -> tuple | None:
-    """Pass the child's log records on until its outcome comes; None when it died without sending one."""
-    import queue as queue_mod
+TIMED_OUT = ("timed out",)
 
+
+def _outcome(proc, q, timeout_s: float = float("inf")) -> tuple | None:
+    """Pass the child's log records on until its outcome comes; None when it died without sending one, TIMED_OUT
+    when it is still running after `timeout_s`."""
+    import queue as queue_mod
+    import time
+
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             item = q.get(timeout=0.2)
         except queue_mod.Empty:
             if proc.is_alive():
+                if time.monotonic() > deadline:
+                    return TIMED_OUT
                 continue
             try:
                 item = q.get(timeout=1.0)

@@ -37,6 +37,7 @@ ROOT_PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib", "libstdc++6", "li
 PYTHON = "usr/bin/python3.11"
 # numpy on the target only reads and writes .npz: any 2.x that has a cp311 aarch64 wheel will do
 TARGET_NUMPY = "numpy<2.3"
+BUILD_STEP_TIMEOUT_S = 1200  # mmdebstrap fetches ~75 MB, pip ~106 MB: minutes; a stalled mirror fails the step
 CPUS = ("max", "cortex-a76", "cortex-a72", "cortex-a55", "cortex-a53", "neoverse-n1", "neoverse-v1")
 
 
@@ -98,11 +99,18 @@ def _locked(folder: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _run(argv: list[str], what: str, log_file: Path) -> None:
+def _run(argv: list[str], what: str, log_file: Path, timeout_s: float = BUILD_STEP_TIMEOUT_S) -> None:
+    """One build step (mmdebstrap, pip download / install), its output to the log, bounded in time: the build
+    holds a lock other processes wait on."""
     with open(log_file, "a") as out:
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
-        res = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            res = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise PipelineError(f"arm-env: {what} did not finish within {timeout_s:g} s ({log_file}); "
+                                "the partial build is removed on the next try") from None
     if res.returncode != 0:
         tail = " | ".join(log_file.read_text(errors="replace").splitlines()[-4:])
         raise PipelineError(f"arm-env: {what} failed (exit {res.returncode}; {log_file}): {tail}")

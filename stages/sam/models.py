@@ -104,7 +104,14 @@ def weights_tag(cfg, root: Path) -> str:
     """Provenance of the weights every artifact is made from: `ckpt-<sha256[:16]>` or `random-seed-N`."""
     ckpt = cfg.checkpoint_path(root)
     if ckpt is not None and ckpt.exists():
-        return f"ckpt-{file_sha256(ckpt)[:16]}"
+        if not ckpt.is_file():
+            raise PipelineError(f"{cfg.source}: checkpoint {cfg.checkpoint!r} is {ckpt}, which is not a file; "
+                                "expected a checkpoint file (.pt / .pth) saved by torch.save")
+        try:
+            return f"ckpt-{file_sha256(ckpt)[:16]}"
+        except OSError as e:
+            raise PipelineError(f"{cfg.source}: checkpoint {ckpt} cannot be read ({e.strerror}); expected a "
+                                "readable checkpoint file") from None
     if cfg.require_checkpoint:
         raise PipelineError(
             f"{cfg.source}: checkpoint {cfg.checkpoint!r} is required (require_checkpoint: true) but "

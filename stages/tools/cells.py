@@ -3,12 +3,33 @@ kernels a parity row's int8 arithmetic ran on (a baseline holds one row per kern
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
+from stages.core.errors import PipelineError
 from stages.runtimes import RUNTIMES
 
 LAT_KEY = ["component", "runtime", "backend", "artifact", "precision", "mode", "threads", "points", "out_h", "out_w"]
 PAR_KEY = ["artifact", "precision", "memory", "component"]
+# what a report must have to be compared (older reports lack mode / target / memory: filled in by the readers)
+NEEDED = {"latency": ["component", "runtime", "artifact", "threads", "status", "p50_ms"],
+          "parity": ["artifact", "precision", "component", "status"]}
+
+
+def read_report(path: Path, kind: str) -> pd.DataFrame:
+    """reports/.../{kind}.csv as a table; an empty, unreadable or foreign file is a PipelineError naming it and
+    the columns a {kind}.csv has."""
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+        raise PipelineError(f"{path} is not a readable {kind}.csv ({type(e).__name__}: {str(e).strip()[:120]}); "
+                            f"expected the CSV a pipeline run writes, with columns {', '.join(NEEDED[kind])}") from None
+    missing = [c for c in NEEDED[kind] if c not in df.columns]
+    if missing:
+        raise PipelineError(f"{path} lacks the column(s) {', '.join(missing)}: not a {kind}.csv from a pipeline "
+                            f"run (expected columns {', '.join(NEEDED[kind])})")
+    return df
 
 
 def _key(df: pd.DataFrame, cols: list[str], drop: set[str]) -> pd.Series:

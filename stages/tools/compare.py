@@ -18,7 +18,7 @@ from stages.config import CONFIG_DIR, load_typed, read_yaml
 from stages.core.artifacts import atomic_output, write_csv
 from stages.core.errors import PipelineError
 from stages.core.status import OK, has_kind, is_failed, is_skipped
-from stages.tools.cells import LAT_KEY, PAR_KEY, _key, int8_kernels, pick
+from stages.tools.cells import LAT_KEY, PAR_KEY, _key, int8_kernels, pick, read_report
 
 HIGHER_IS_BETTER = {"cosine": True, "mask_iou": True, "logits_within_tol": True, "rel_l2": False,
                     "iou_pred_abs": False}
@@ -105,7 +105,7 @@ def load_run(spec: str) -> Run:
     tables = {}
     for name in ("parity", "latency"):
         f = path / f"{name}.csv"
-        df = pd.read_csv(f) if f.exists() else None
+        df = read_report(f, name) if f.exists() else None
         if name == "latency" and df is not None and "mode" not in df.columns:
             df["mode"] = "default"  # latency.csv from before sweep modes existed
         if name == "latency" and df is not None and "target" not in df.columns:

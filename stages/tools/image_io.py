@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.errors import PipelineError
+from stages.tools.image_check import ImageFileError, check_image_file
 
-# MNN.cv.imread segfaults on a file that is not an image: look at the signature first.
-IMAGE_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"BM": "BMP"}
+# MNN.cv.imread crashes the process (SIGSEGV) when it reads a file it cannot decode, so each file's structure is
+# checked first (image_check.py): a truncated or damaged file is a one-line error naming what is wrong.
+MAX_MEGAPIXELS = 50  # a larger photo is refused before decoding (SAM sees it at 1024 px on the long side anyway)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -19,16 +21,13 @@ def read_image(path: Path) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"image {path} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if not any(head.startswith(sig) for sig in IMAGE_SIGNATURES):
-        raise PipelineError(f"{path} is not an image MNN can read (expected a JPEG, PNG or BMP file)")
+        raise PipelineError(f"image {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        var = cv.imread(str(path))
-        arr = None if var is None else np.asarray(var.read())
-    except Exception:
-        arr = None
+        check_image_file(path, MAX_MEGAPIXELS)
+    except (ImageFileError, OSError) as e:
+        raise PipelineError(f"image {path}: {e}") from None
+    var = cv.imread(str(path))
+    arr = None if var is None else np.asarray(var.read())
     if arr is None or arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise PipelineError(f"{path} is not an image MNN can read (expected a JPEG, PNG or BMP file)")
     return np.ascontiguousarray(arr[..., 2::-1])  # BGR -> RGB

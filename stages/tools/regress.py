@@ -60,8 +60,19 @@ class AbResult:
     machine_class: str = ""
 
 
+GIT_TIMEOUT_S = 300  # a worktree checkout of this repository takes seconds; a hung git (a lock, a prompt) fails
+
+
 def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    try:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                              timeout=GIT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise PipelineError(f"`git {' '.join(args)}` in {repo} did not finish within {GIT_TIMEOUT_S} s "
+                            "(a stale .git/index.lock, or git waiting on a prompt?)") from None
+    except FileNotFoundError:
+        raise PipelineError("git is not installed: the A/B regression gate builds its base side from a git ref "
+                            "(apt-get install git)") from None
 
 
 def resolve_base(repo: Path, ref: str | None) -> BaseRef:
@@ -107,12 +118,15 @@ def prepare_base(repo: Path, base: BaseRef, new: Side, model: str) -> Side:
     """A worktree of the base ref under build/<model>/regress-base/<sha>; on first use it is seeded with the new
     side's build and reports, so the base's own runner re-runs only the stages whose hashes differ."""
     dest = new.root / "build" / model / "regress-base" / base.sha[:12]
-    if not (dest / ".git").exists():
-        git(repo, "worktree", "prune")
+    ready = dest.with_name(dest.name + ".ready")  # written once the checkout is whole: an interrupted one is redone
+    if not (dest / ".git").exists() or not ready.exists():
+        ready.unlink(missing_ok=True)
         shutil.rmtree(dest, ignore_errors=True)
+        git(repo, "worktree", "prune")
         r = git(repo, "worktree", "add", "--detach", "--force", str(dest), base.sha)
         if r.returncode:
             raise PipelineError(f"could not check out base {base.sha[:12]} into {dest}: {r.stderr.strip()}")
+        ready.write_text(base.sha + "\n")
     side = Side("base", dest, dest)
     if not (dest / "build" / model / "pipeline.lock.json").exists():
         # logs are rewritten in place (not renamed over): the base side gets its own

@@ -58,6 +58,12 @@ def check_interface(rt: MnnRuntime, component: str) -> None:
         + (f". It looks like the {other}: pass it as --{other}" if other else ""))
 
 
+def check_models_exist(*paths: Path) -> None:
+    for p in paths:
+        if not Path(p).is_file():
+            raise PipelineError(f"MNN model {p} does not exist: run `make all` first, or pass its path")
+
+
 class MnnSamPredictor:
     """SamPredictor's interface over the converted MNN encoder and decoder."""
 
@@ -68,9 +74,7 @@ class MnnSamPredictor:
         (precision low on an ARMv8.2 CPU, GPU backends), whose in-graph resize in fp16 flips mask pixels (the
         ARM64 target measured full-size IoU 0.820 for vit_t's decoder, 0.991 upsampled in fp32). "graph": the
         decoder's own full-size masks (MnnModel checks the value; a decoder without low_res_masks runs whole)."""
-        for p in (encoder, decoder):
-            if not Path(p).is_file():
-                raise PipelineError(f"MNN model {p} does not exist: run `make all` first, or pass its path")
+        check_models_exist(encoder, decoder)
         t0 = time.perf_counter()
         options = options or {}  # per component: MnnRuntime keywords (precision, shape_mutable, ...)
         self.encoder = MnnRuntime(Path(encoder), threads=threads, backend=backend,
@@ -141,6 +145,8 @@ class MnnSamPredictor:
             pts = pts[None]
         if pts.ndim != 2 or pts.shape[1] != 2:
             raise PipelineError(f"points must be N x 2 (x, y) pairs, got shape {pts.shape}")
+        if not np.all(np.isfinite(pts)):
+            raise PipelineError(f"points must be finite numbers, got {pts.tolist()}")
         labels = np.ones(len(pts), np.float32) if point_labels is None else np.asarray(point_labels, np.float32).ravel()
         if len(labels) != len(pts):
             raise PipelineError(f"{len(pts)} points but {len(labels)} labels: give one label per point")
@@ -153,6 +159,8 @@ class MnnSamPredictor:
             box = np.asarray(box, np.float32).ravel()
             if box.size != 4:
                 raise PipelineError(f"box must be x0, y0, x1, y1, got {box.tolist()}")
+            if not np.all(np.isfinite(box)):
+                raise PipelineError(f"box must be four finite numbers, got {box.tolist()}")
             x0, y0, x1, y1 = box
             if x1 <= x0 or y1 <= y0:
                 raise PipelineError(f"box must have x0 < x1 and y0 < y1, got {box.tolist()}")
@@ -214,11 +222,13 @@ def segment_file(image_path: Path, out_dir: Path, encoder: Path, decoder: Path, 
                  threads: int = 2, precision: str = "normal", options: dict[str, dict] | None = None,
                  upsample: str = "fp32") -> dict[str, object]:
     """Read an image, segment it, write <stem>.mask.png and <stem>.overlay.jpg; return paths and phase times."""
-    predictor = MnnSamPredictor(encoder, decoder, threads=threads, precision=precision, options=options,
-                                upsample=upsample)
+    check_models_exist(encoder, decoder)  # what is wrong is said before seconds of loading: models, image, prompt
     t0 = time.perf_counter()
     image = read_image(image_path)
     read_ms = (time.perf_counter() - t0) * 1000
+    MnnSamPredictor._check_prompt(points, labels, box, None, image.shape[:2])
+    predictor = MnnSamPredictor(encoder, decoder, threads=threads, precision=precision, options=options,
+                                upsample=upsample)
     predictor.set_image(image)
     pred = predictor.predict(points, labels, box)
     mask = pred.masks[0]

@@ -1,0 +1,1 @@
+"""Tables of test inputs, one row per input."""
