@@ -10,11 +10,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN := $(PY) -m stages
 
-.PHONY: install all bench parity arm arm-env report segment demo regress baseline compare test test-e2e lint status clean clean-all help
+.PHONY: install all bench parity arm arm-env report segment demo regress baseline compare test test-e2e lint status docs clean clean-all help
 
 help:
+	@echo "make install            build .venv from pyproject.toml (every target that needs it does this first)"
 	@echo "make all MODEL=vit_t    build .venv if needed, then run every stage for MODEL (cached stages are skipped)"
-	@echo "make test               build .venv if needed, then run the test suite (tiny models, a few minutes)"
+	@echo "make test               build .venv if needed, then run the test suite (tiny models; its measured time is in README.md)"
 	@echo "make test-e2e           the real-model checks, on the vit_t build that make regress (or make all) left"
 	@echo "make bench MODEL=... [SWEEP=quick] [TARGET=\"host ssh://user@board\"]   latency sweep (and what it needs) + summary report;"
 	@echo "                        TARGET: where it times (an SSH target times its MNN cells on its own CPU; several run in parallel)"
@@ -22,13 +23,19 @@ help:
 	@echo "make arm MODEL=...      parity of the model's targets: cells (fp16, dynamic int8) on the emulated ARM64 target"
 	@echo "make arm-env            build the emulated ARM64 target (qemu-user-static, Debian arm64, MNN aarch64 wheel)"
 	@echo "make segment MODEL=vit_t IMAGE=x.jpg POINTS=\"500,375\"   MNN-only segmentation: mask PNG + overlay JPEG"
+	@echo "                        [LABELS=1,0] [BOX=x0,y0,x1,y1] [VARIANT=recommended|smallest|fp32|...] [UPSAMPLE=fp32|graph]"
 	@echo "make demo MODEL=vit_t [PORT=8765]   click to segment in the browser (MNN only, on 127.0.0.1)"
 	@echo "make regress MODEL=... [BASE=ref]   quick-sweep run; accuracy vs reports/baselines/MODEL, latency A/B"
 	@echo "                        against BASE (default: merge-base with main) on this machine; exits 1 on a regression"
 	@echo "make baseline MODEL=... refresh reports/baselines/MODEL on purpose (then commit it)"
 	@echo "make compare A=dir B=dir   two runs, machines or backends side by side"
+	@echo "make report MODEL=...   summary.md, recommended.csv and plots from the CSVs of reports/MODEL"
+	@echo "make lint               ruff and the import-layer contracts (lint-imports)"
 	@echo "make status MODEL=...   which stages are up to date"
+	@echo "make docs               render README.md's and docs/'s generated blocks from the committed CSVs"
 	@echo "make clean MODEL=...    remove build/MODEL and reports/MODEL"
+	@echo "make clean-all          remove build/, .venv and reports/ but the committed reports/{baselines,measured,demo}"
+	@echo "make help               this list"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +91,10 @@ lint: install
 
 status: install
 	$(RUN) status --model $(MODEL)
+
+# the figures of README.md and docs/ from the committed CSVs (tests/test_docs.py fails when a block differs)
+docs: install
+	$(PY) -m stages.tools.docs
 
 # two workers (the machine's cores); tests sharing a session-built tiny pipeline stay on one (tests/conftest.py)
 test: install
