@@ -18,6 +18,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from stages.core.errors import ConfigError, PipelineError
 from stages.core.isolate import IsolatedResult, run_process
@@ -50,13 +51,14 @@ class Target:
         return arm_env.ensure().command(self.cpu or "max", str(runner))
 
     def run(self, request: dict, log_file: Path, timeout_s: float) -> IsolatedResult:
-        """Run the runner on this target with `request` (see stages/ondevice/mnn_runner.py). The runner is copied next
-        to the request, so neither side imports anything from this project's tree."""
+        """Run the runner on this target with `request` (see stages/ondevice/mnn_runner.py). The runner is
+        copied next to the request, so neither side imports anything from this project's tree."""
         with tempfile.TemporaryDirectory(prefix="sam-deploy-target-") as d:
             for f in RUNNER_FILES:
                 shutil.copy2(f, Path(d) / f.name)
             runner = Path(d) / RUNNER.name
-            return run_process(self.argv(runner), request, log_file, timeout_s, what=f"MNN runner on {self.name}")
+            return run_process(self.argv(runner), request, log_file, timeout_s,
+                               what=f"MNN runner on {self.name}")
 
     def close(self) -> None:
         """Nothing to clean up on this machine (an SSH target removes its remote run folder)."""
@@ -68,8 +70,8 @@ class Target:
             raise PipelineError(f"target {self.name} did not answer: {res.why}")
         host = importlib.metadata.version("MNN")
         if res.result.get("mnn_version") != host:
-            raise PipelineError(f"MNN on target {self.name} is {res.result.get('mnn_version')}, on the host {host}: "
-                                f"they must be equal (the target would compute with other kernels)")
+            raise PipelineError(f"MNN on target {self.name} is {res.result.get('mnn_version')}, on the host "
+                                f"{host}: they must be equal (the target would compute with other kernels)")
         return res.result
 
 
@@ -77,13 +79,11 @@ HOST = Target("host")
 
 
 def parse_target(spec: str, where: str = "target"):
-    """'host', 'arm64', 'arm64:<cpu>' (a QEMU CPU model) or 'ssh://[user@]host[:port][?python=...&dir=...&keep=1]'
+    """'host', 'arm64', 'arm64:<cpu>' (a QEMU CPU model) or 'ssh://[user@]host[:port][?python=...&dir=...]'
     (stages/runtimes/ssh.py)."""
     from stages.runtimes.arm_env import CPUS
 
     if str(spec).startswith("ssh:"):
-        from stages.runtimes.ssh import parse_ssh
-
         return parse_ssh(str(spec), where)
     kind, _, cpu = str(spec).partition(":")
     if kind not in KINDS or kind == "ssh":
@@ -92,8 +92,50 @@ def parse_target(spec: str, where: str = "target"):
     if kind == "host" and cpu:
         raise ConfigError(f"{where}: the host target takes no CPU model ({spec!r})")
     if kind == "arm64" and cpu and cpu not in CPUS:
-        raise ConfigError(f"{where}: {cpu!r} is not a CPU model this project knows for arm64 ({', '.join(CPUS)})")
+        raise ConfigError(f"{where}: {cpu!r} is not a CPU model this project knows for arm64 "
+                          f"({', '.join(CPUS)})")
     return Target(kind, cpu or ("max" if kind == "arm64" else ""))
+
+
+def parse_ssh(spec: str, where: str = "target"):
+    """An ssh:// spec (stages/runtimes/ssh.py), each key checked; a host or user that ssh would read as an
+    option is refused."""
+    from stages.runtimes.ssh import DEFAULT_DIR, EXPECTED, STEP_S, SshTarget
+
+    try:
+        url = urlsplit(spec)
+        host = url.hostname
+    except ValueError as e:  # a bracket that is no IPv6 address
+        raise ConfigError(f"{where}: {spec!r} is not an SSH target ({e}); {EXPECTED}") from None
+    if url.scheme != "ssh" or not host or url.path not in ("", "/"):
+        raise ConfigError(f"{where}: {spec!r} is not an SSH target; {EXPECTED}")
+    if url.password is not None:
+        raise ConfigError(f"{where}: {spec!r} holds a password; SSH targets log in with the user's keys "
+                          f"(ssh-copy-id), never a password in a config")
+    try:
+        port = 22 if url.port is None else url.port
+    except ValueError:
+        raise ConfigError(f"{where}: {spec!r}: the port must be a number from 1 to 65535") from None
+    query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+    unknown = sorted(set(query) - {"python", "dir", "keep", "config", "timeout"})
+    if unknown:
+        raise ConfigError(f"{where}: {spec!r}: unknown option {', '.join(unknown)}; {EXPECTED}")
+    if query.get("keep", "0") not in ("0", "1", "true", "false"):
+        raise ConfigError(f"{where}: {spec!r}: keep must be 1 or 0, got {query['keep']!r}")
+    if "config" in query and not Path(query["config"]).is_file():
+        raise ConfigError(f"{where}: {spec!r}: the ssh_config file {query['config']} does not exist")
+    try:
+        timeout = float(query.get("timeout") or STEP_S)
+    except ValueError:
+        raise ConfigError(f"{where}: {spec!r}: timeout must be a number of seconds, got "
+                          f"{query['timeout']!r}") from None
+    try:
+        return SshTarget(host, url.username or "", port, query.get("python") or "python3",
+                         query.get("dir") or DEFAULT_DIR, query.get("keep", "0") in ("1", "true"),
+                         query.get("config", ""), timeout)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {spec!r}: {e}; {EXPECTED}") from None
+
 
 
 def feature_flags(features: str) -> set[str]:
