@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -15,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from stages.core.errors import PipelineError
 
 MAX_MEGAPIXELS = 50
-MAX_UPLOAD_MB = 64
+MAX_UPLOAD_MB = 64  # the default; $SAM_DEMO_MAX_UPLOAD_MB overrides it (limits.py)
 FORMATS = ("JPEG", "PNG")
 BUNDLED = ("astronaut", "coffee", "chelsea", "rocket")  # the parity photos (stages/sam/samples.py)
 TINT = (30, 144, 255, 128)  # the mask overlay: SAM's demo blue at half opacity
@@ -31,12 +32,11 @@ class RequestError(PipelineError):
         self.status = status
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """JPEG or PNG bytes -> HxWx3 uint8 RGB, EXIF orientation applied (as the browser shows it)."""
-    if len(data) > MAX_UPLOAD_MB * 2**20:
-        raise RequestError(f"{name} is {len(data) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_MB} MB", 413)
+def decode_image(data: bytes | BinaryIO, name: str) -> np.ndarray:
+    """JPEG or PNG bytes (or a binary file of them: an upload's size is capped as it arrives, limits.py)
+    -> HxWx3 uint8 RGB, EXIF orientation applied (as the browser shows it)."""
     try:
-        im = Image.open(io.BytesIO(data))
+        im = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     except (UnidentifiedImageError, OSError):
         raise RequestError(f"{name} is not a JPEG or PNG image (its content is not an image format Pillow "
                            f"knows; a renamed file?)") from None
@@ -49,7 +49,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     try:
         im = ImageOps.exif_transpose(im).convert("RGB")
         return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as e:
+    except Exception as e:  # what Pillow raises on a damaged file (OSError, SyntaxError, struct.error, ...)
         raise RequestError(f"{name} could not be decoded ({e}): a damaged or truncated file?") from None
 
 

@@ -1,4 +1,4 @@
-"""Click to segment: a local web page over the MNN-only runtime (MnnSamPredictor). No torch, onnx or onnxruntime.
+"""Click to segment: a local page over the MNN-only runtime (MnnSamPredictor). No torch, onnx or onnxruntime.
 
 Starlette app served by uvicorn on 127.0.0.1. The encoder runs once per image and variant, the decoder per
 prompt; embeddings live per browser session (a cookie), so two tabs on different photos do not mix. All MNN
@@ -8,7 +8,6 @@ calls go through one lock: MNN modules are not safe to call from two threads, an
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import secrets
 import sys
@@ -21,21 +20,25 @@ from pathlib import Path
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from stages.core.errors import PipelineError
 from stages.sam.preprocess import Scratch, numpy_resize, preprocess_image
-from stages.tools.demo.images import (
-    BUNDLED,
-    MAX_MEGAPIXELS,
-    MAX_UPLOAD_MB,
-    RequestError,
-    decode_image,
-    mask_pngs,
-    photo_png,
+from stages.tools.demo.images import BUNDLED, MAX_MEGAPIXELS, RequestError, decode_image, mask_pngs, photo_png
+from stages.tools.demo.limits import (
+    MAX_POINTS,
+    attachment,
+    clean_name,
+    parse_prompt,
+    read_json,
+    read_upload,
+    upload_limit_mb,
+    variant_id,
 )
 from stages.tools.demo.variants import Variant, find_variants, weights
 from stages.tools.segment import ImageState, MnnSamPredictor
@@ -45,7 +48,10 @@ STATIC = Path(__file__).parent / "static"
 COOKIE = "sam_demo_session"
 MAX_SESSIONS = 16  # least recently used sessions are dropped beyond this (their embeddings with them)
 MAX_LOADED = 3  # MNN variants kept loaded
+MAX_DECODES = 2  # images decoded at once: a burst of uploads waits rather than holding many decoded images
 HEAVY = ("torch", "onnx", "onnxruntime")
+# DNS rebinding: a page on another site whose name resolves to 127.0.0.1 still sends its own Host header
+ALLOWED_HOSTS = ("127.0.0.1", "localhost")
 
 
 @dataclass
@@ -61,25 +67,29 @@ class Session:
 class Demo:
     """The model's variants, loaded predictors (shared) and browser sessions (one image each)."""
 
-    def __init__(self, root: Path, model: str, threads: int = 2):
+    def __init__(self, root: Path, model: str, threads: int = 2, max_upload_mb: float | None = None):
         self.root, self.model, self.threads = root, model, threads
+        self.max_upload_mb = max_upload_mb or upload_limit_mb()
         self.variants = {v.id: v for v in find_variants(root, model)}
         self.weights = weights(root, model)
         self.predictors: OrderedDict[str, MnnSamPredictor] = OrderedDict()
         self.scratch = Scratch()  # preprocessing's work buffers (set_image holds the lock)
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.lock = threading.Lock()
+        self.decodes = threading.BoundedSemaphore(MAX_DECODES)
         self.last_request = time.monotonic()
 
-    def variant(self, vid) -> Variant:
+    def variant(self, vid: str | None) -> Variant:
+        if vid is None:
+            return next(iter(self.variants.values()))  # the first: the recommended one
         if vid not in self.variants:
             raise RequestError(f"unknown variant {vid!r}: this server has {', '.join(self.variants)}", 404)
         return self.variants[vid]
 
     def predictor(self, v: Variant) -> MnnSamPredictor:
         if v.id not in self.predictors:
-            self.predictors[v.id] = MnnSamPredictor(v.encoder, v.decoder, threads=self.threads, options=v.options,
-                                                    upsample=v.upsample)
+            self.predictors[v.id] = MnnSamPredictor(v.encoder, v.decoder, threads=self.threads,
+                                                    options=v.options, upsample=v.upsample)
             while len(self.predictors) > MAX_LOADED:
                 self.predictors.popitem(last=False)
         self.predictors.move_to_end(v.id)
@@ -93,40 +103,53 @@ class Demo:
         return s
 
     def state(self, s: Session, v: Variant) -> tuple[ImageState, bool]:
-        """The session's image encoded by the variant's encoder (cached per variant), and whether it was cached."""
+        """The session's image encoded by the variant's encoder (cached per variant), and whether it was."""
         if v.id in s.states:
             return s.states[v.id], True
         s.states[v.id] = self.predictor(v).encode(s.x, s.size)
         return s.states[v.id], False
 
-    def set_image(self, sid: str, data: bytes, name: str, vid: str | None) -> dict:
-        """Decode, preprocess and encode (with variant `vid`, default the first: the recommended one) an image."""
-        image = decode_image(data, name)
-        v = self.variant(vid or next(iter(self.variants)))
-        with self.lock:
-            s = self.session(sid)
-            t0 = time.perf_counter()
-            x = preprocess_image(image, resize=numpy_resize, scratch=self.scratch)  # under the lock
-            s.x, s.size, s.name, s.states, s.mask_png = x, image.shape[:2], name, {}, None
-            s.preprocess_ms = (time.perf_counter() - t0) * 1000
-            state, _ = self.state(s, v)
+    def set_image(self, sid: str, data, name: str, vid: str | None) -> dict:
+        """Decode (bytes or a file), preprocess and encode (variant `vid`, default the first) an image."""
+        v = self.variant(vid)
+        with self.decodes:  # a decoded image lives until it is preprocessed: at most MAX_DECODES of them
+            image = decode_image(data, name)
+            with self.lock:
+                s = self.session(sid)
+                t0 = time.perf_counter()
+                x = preprocess_image(image, resize=numpy_resize, scratch=self.scratch)  # under the lock
+                s.x, s.size, s.name, s.states, s.mask_png = x, image.shape[:2], name, {}, None
+                s.preprocess_ms = (time.perf_counter() - t0) * 1000
+                del image
+                state, _ = self.guard_mnn(v, lambda: self.state(s, v))
         return {"name": name, "width": s.size[1], "height": s.size[0],
                 "timings_ms": {"preprocess": s.preprocess_ms, "encoder": state.encoder_ms}}
 
+    def guard_mnn(self, v: Variant, call):
+        """call() (MNN work, under the lock); when it fails, the variant's modules are dropped and loaded
+        again on the next request: an MNN module that failed mid-run crashed the process when called again."""
+        try:
+            return call()
+        except RequestError:
+            raise
+        except Exception:
+            self.predictors.pop(v.id, None)
+            raise
+
     def predict(self, sid: str, body: dict) -> dict:
-        v = self.variant(body.get("variant"))
+        v = self.variant(variant_id(body))
         points, labels, box = parse_prompt(body)
         with self.lock:
             s = self.sessions.get(sid)
             if s is None or s.x is None:
                 raise RequestError("no image loaded in this session: pick a photo or upload one first", 409)
             self.sessions.move_to_end(sid)
-            state, cached = self.state(s, v)
-            pred = self.predictor(v).predict(points, labels, box, image=state)
+            state, cached = self.guard_mnn(v, lambda: self.state(s, v))
+            pred = self.guard_mnn(v, lambda: self.predictor(v).predict(points, labels, box, image=state))
         t0 = time.perf_counter()
         mask = pred.masks[0]
         overlay, s.mask_png = mask_pngs(mask)
-        upsample_ms = pred.timings_ms.get("upsample_fp32", 0.0)  # inside the decoder call: shown as postprocess
+        upsample_ms = pred.timings_ms.get("upsample_fp32", 0.0)  # in the decoder call: shown as postprocess
         post_ms = (time.perf_counter() - t0) * 1000 + upsample_ms
         return {"variant": v.id, "overlay": "data:image/png;base64," + base64.b64encode(overlay).decode(),
                 "mask_fraction": float(mask.mean()), "iou_prediction": float(pred.iou_predictions[0]),
@@ -135,26 +158,12 @@ class Demo:
                                "decoder": pred.timings_ms["decoder"] - upsample_ms, "postprocess": post_ms}}
 
     def info(self) -> dict:
-        return {"model": self.model, "weights": self.weights, "random_weights": self.weights.startswith("random"),
-                "variants": [v.public(self.root) for v in self.variants.values()],
-                "photos": list(BUNDLED),
-                "max_megapixels": MAX_MEGAPIXELS, "threads": self.threads,
+        return {"model": self.model, "weights": self.weights,
+                "random_weights": self.weights.startswith("random"),
+                "variants": [v.public(self.root) for v in self.variants.values()], "photos": list(BUNDLED),
+                "max_megapixels": MAX_MEGAPIXELS, "max_upload_mb": self.max_upload_mb,
+                "max_points": MAX_POINTS, "threads": self.threads,
                 "loaded_modules": [m for m in HEAVY if m in sys.modules]}
-
-
-def parse_prompt(body: dict):
-    """{"points": [[x, y, label], ...], "box": [x0, y0, x1, y1] or null} -> arrays, with errors naming the key."""
-    pts = body.get("points") or []
-    box = body.get("box")
-    try:
-        arr = np.asarray(pts, np.float32).reshape(-1, 3) if pts else np.zeros((0, 3), np.float32)
-        box = None if box is None else np.asarray(box, np.float32).reshape(4)
-    except (ValueError, TypeError):
-        raise RequestError(f"points must be [[x, y, label], ...] and box [x0, y0, x1, y1]; got points={pts!r} "
-                         f"box={body.get('box')!r}") from None
-    if not len(arr) and box is None:
-        raise RequestError("no prompt: click a point or drag a box")
-    return (arr[:, :2] if len(arr) else None), (arr[:, 2] if len(arr) else None), box
 
 
 def _sid(request: Request) -> str:
@@ -173,6 +182,8 @@ class Api:
             return await fn(request)
         except RequestError as e:
             return JSONResponse({"error": str(e)}, e.status)
+        except ClientDisconnect:  # the client went away mid-upload: nobody to answer
+            return Response(status_code=400)
         except PipelineError as e:  # from the predictor: a bad prompt (a point outside the image, ...)
             return JSONResponse({"error": str(e)}, 400)
         except Exception as e:  # a bug or an MNN error: say so, keep serving
@@ -194,34 +205,28 @@ class Api:
 
     async def image(self, request: Request):
         sid = _need_session(request)
-        name = request.query_params.get("photo")
-        if int(request.headers.get("content-length") or 0) > MAX_UPLOAD_MB * 2**20:
-            raise RequestError(f"the upload is over {MAX_UPLOAD_MB} MB", 413)
-        data = None if name else await request.body()
-        if not name and not data:
-            raise RequestError("empty upload: choose a JPEG or PNG file")
+        name, vid = request.query_params.get("photo"), request.query_params.get("variant")
         if name:
             data = await run_in_threadpool(photo_png, name)
-        label = name or request.query_params.get("filename", "upload")
-        return JSONResponse(await run_in_threadpool(self.demo.set_image, sid, data, label, request.query_params.get("variant")))
+            return JSONResponse(await run_in_threadpool(self.demo.set_image, sid, data, name, vid))
+        label = clean_name(request.query_params.get("filename", "upload"))
+        with await read_upload(request, self.demo.max_upload_mb, f"the upload {label}") as upload:
+            if not upload.seek(0, 2):
+                raise RequestError("empty upload: choose a JPEG or PNG file")
+            upload.seek(0)
+            return JSONResponse(await run_in_threadpool(self.demo.set_image, sid, upload, label, vid))
 
     async def predict(self, request: Request):
         sid = _need_session(request)
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RequestError(f"request body is not valid JSON ({e})") from None
-        if not isinstance(body, dict):
-            raise RequestError(f"request body must be a JSON object with variant, points and box; got {type(body).__name__}")
+        body = await read_json(request)
         return JSONResponse(await run_in_threadpool(self.demo.predict, sid, body))
 
     async def mask(self, request: Request):
         s = self.demo.sessions.get(_need_session(request))
         if s is None or s.mask_png is None:
             raise RequestError("no mask yet: click on the photo first", 409)
-        stem = Path(s.name).stem or "image"
-        return Response(s.mask_png, media_type="image/png",
-                        headers={"Content-Disposition": f'attachment; filename="{stem}.mask.png"'})
+        disposition = attachment(Path(s.name).stem or "image", ".mask.png")
+        return Response(s.mask_png, media_type="image/png", headers={"Content-Disposition": disposition})
 
 
 def build_app(demo: Demo) -> Starlette:
@@ -235,8 +240,9 @@ def build_app(demo: Demo) -> Starlette:
     return Starlette(routes=[
         route("/", api.index), route("/api/info", api.info), route("/api/photo/{name}", api.photo),
         route("/api/image", api.image, ("POST",)), route("/api/predict", api.predict, ("POST",)),
-        route("/api/mask.png", api.mask), Route("/favicon.ico", lambda request: Response(status_code=204)), Mount("/static", StaticFiles(directory=STATIC), name="static"),
-    ])
+        route("/api/mask.png", api.mask), Route("/favicon.ico", lambda request: Response(status_code=204)),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ], middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(ALLOWED_HOSTS))])  # any port
 
 
 def _need_session(request: Request) -> str:
@@ -252,6 +258,8 @@ def serve(demo: Demo, port: int, idle_minutes: float) -> None:
 
     import uvicorn
 
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise PipelineError(f"--port {port} is not a TCP port: pass 0..65535 (0: any free port)")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -259,6 +267,7 @@ def serve(demo: Demo, port: int, idle_minutes: float) -> None:
     except OSError as e:
         raise PipelineError(f"cannot listen on 127.0.0.1:{port} ({e.strerror}): pass another port, "
                             f"e.g. `make demo PORT={port + 1}`") from None
+    sock.listen(2048)  # before the URL is printed: a client that reads it may connect at once (queued)
     server = uvicorn.Server(uvicorn.Config(build_app(demo), log_level="warning", timeout_graceful_shutdown=2))
 
     def watch_idle() -> None:

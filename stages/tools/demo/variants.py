@@ -32,8 +32,9 @@ class Variant:
         def rel(p: Path) -> str:
             return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
 
-        return {"id": self.id, "label": self.label, "encoder": rel(self.encoder), "decoder": rel(self.decoder),
-                "options": self.options, "upsample": self.upsample, "parity": self.parity}
+        return {"id": self.id, "label": self.label, "encoder": rel(self.encoder),
+                "decoder": rel(self.decoder), "options": self.options, "upsample": self.upsample,
+                "parity": self.parity}
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -56,9 +57,10 @@ def _recommended(root: Path, model: str) -> list[Variant]:
         options = {c: {"precision": r["precision"], **r["options"]} for c, r in rec.items()}
         enc, dec = rec["encoder"], rec["decoder"]
         label = (f"recommended ({what} passing parity): encoder {enc['path'].stem.split('.', 1)[1]} "
-                 f"({_mode(options['encoder'])}), decoder {dec['path'].stem.split('.', 1)[1]} ({_mode(options['decoder'])})")
-        out.append(Variant("recommended" if pick == "fastest" else "smallest", label, enc["path"], dec["path"],
-                           options, dec["upsample"], "pass"))
+                 f"({_mode(options['encoder'])}), decoder {dec['path'].stem.split('.', 1)[1]} "
+                 f"({_mode(options['decoder'])})")
+        out.append(Variant("recommended" if pick == "fastest" else "smallest", label, enc["path"],
+                           dec["path"], options, dec["upsample"], "pass"))
     return out
 
 
@@ -66,18 +68,21 @@ def _checked(root: Path, model: str) -> list[Variant]:
     """One variant per MNN parity cell that ran, in parity.csv's order."""
     cells: dict[str, dict[str, dict[str, str]]] = {}
     for r in _read_csv(root / "reports" / model / "parity.csv"):
-        if r.get("runtime") == "mnn" and Status.read(r.get("status")) == Status.ok() and r.get("component") in ("encoder", "decoder", "e2e"):
+        if (r.get("runtime") == "mnn" and Status.read(r.get("status")) == Status.ok()
+                and r.get("component") in ("encoder", "decoder", "e2e")):
             cells.setdefault(r["cell"], {})[r["component"]] = r
     out = []
     for cell, rows in cells.items():
         if not {"encoder", "decoder"} <= set(rows):
             continue
         enc, dec = rows["encoder"], rows["decoder"]
-        opts = {"precision": enc["precision"], **({"memory": enc["memory"]} if enc.get("memory", "normal") != "normal" else {})}
+        memory = enc.get("memory", "normal")
+        opts = {"precision": enc["precision"], **({"memory": memory} if memory != "normal" else {})}
         verdicts = [rows[c].get("pass") == "True" for c in ("encoder", "decoder", "e2e") if c in rows]
         parity = "pass" if all(verdicts) else "fail"
         compute = [f"{k} {enc[f'{k}_compute']}" for k in ("fp16", "int8") if enc.get(f"{k}_compute") == "yes"]
-        label = f"{enc['variant']} ({_mode(opts)}{', computes ' + ' '.join(compute) if compute else ''}), parity {parity}"
+        computes = ", computes " + " ".join(compute) if compute else ""
+        label = f"{enc['variant']} ({_mode(opts)}{computes}), parity {parity}"
         out.append(Variant(cell, label, root / enc["artifact_path"], root / dec["artifact_path"],
                            {"encoder": opts, "decoder": dict(opts)},
                            dec.get("upsample") or "fp32", parity))
@@ -91,8 +96,8 @@ def _unchecked(root: Path, model: str, known: set[Path]) -> list[Variant]:
             name = enc.name[len("encoder."):-len(".mnn")]
             dec = enc.with_name(mnn_file("decoder", name))
             if dec.is_file() and enc not in known:
-                out.append(Variant(f"{mnn_artifact(name)}@normal", f"{name} (precision normal, memory normal), parity not checked",
-                                   enc, dec))
+                out.append(Variant(f"{mnn_artifact(name)}@normal",
+                                   f"{name} (precision normal, memory normal), parity not checked", enc, dec))
     return out
 
 
@@ -102,12 +107,14 @@ def find_variants(root: Path, model: str) -> list[Variant]:
     variants += _unchecked(root, model, {v.encoder for v in variants})
     variants = [v for v in variants if v.encoder.is_file() and v.decoder.is_file()]
     if not variants:
-        raise PipelineError(f"no MNN models for {model} under {root / 'build' / model}: run `make all MODEL={model}` "
-                            f"(or at least `python -m stages run --model {model} convert`) first")
+        raise PipelineError(f"no MNN models for {model} under {root / 'build' / model}: "
+                            f"run `make all MODEL={model}` (or at least "
+                            f"`python -m stages run --model {model} convert`) first")
     return variants
 
 
 def weights(root: Path, model: str) -> str:
-    """The weights every artifact was made from, as the export stage recorded them: `random-seed-N` or `ckpt-...`."""
+    """The weights every artifact was made from, as the export stage recorded them: `random-seed-N` or
+    `ckpt-...`."""
     rows = _read_csv(root / "reports" / model / "export_encoder.csv")
     return rows[0].get("weights", "unknown") if rows else "unknown"
