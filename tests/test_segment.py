@@ -213,3 +213,19 @@ def test_numpy_resize_is_pils_bilinear_and_preprocess_takes_the_fast_path(hw):
         assert (diff > 0).mean() < (0.01 if min(hw) >= 300 else 0.06)
     generic = preprocess_image(img, resize=lambda im, s: numpy_resize(im, s).copy())  # not the fast path
     assert np.array_equal(preprocess_image(img, resize=numpy_resize), generic)
+
+
+def test_loading_a_model_again_and_again_does_not_pile_up_memory(tiny_run):
+    """The demo reloads variants as users switch: pymnn's Module.get_info() kept ~4 MB per call (170 MB over 40
+    decoder loads measured), so the runner asks each file's names once per process."""
+    from stages.ondevice.mnn_runner import MnnModel
+
+    def rss_mb() -> float:
+        return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+    decoder = _mnn(tiny_run, "decoder")
+    MnnModel(decoder, upsample="fp32")
+    before = rss_mb()
+    for _ in range(40):
+        MnnModel(decoder, upsample="fp32")
+    assert rss_mb() - before < 40

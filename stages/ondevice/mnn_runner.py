@@ -83,6 +83,20 @@ def cpu_features() -> str:
     return ""
 
 
+_IO_NAMES: dict[tuple, tuple[list[str], list[str]]] = {}
+
+
+def _io_names(path: Path, module) -> tuple[list[str], list[str]]:
+    """A file's input and output names, asked of MNN once per file (and size and mtime) in a process: pymnn's
+    Module.get_info() keeps about 4 MB per call, which a server loading variants again and again piles up."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _IO_NAMES:
+        info = module.get_info()
+        _IO_NAMES[key] = (list(info["inputNames"]), list(info["outputNames"]))
+    return list(_IO_NAMES[key][0]), list(_IO_NAMES[key][1])
+
+
 class MnnModel:
     """An MNN model loaded with one runtime config; run(feeds) -> outputs, all float32 NCHW."""
 
@@ -113,9 +127,7 @@ class MnnModel:
         except Exception as e:
             raise RunnerError(f"MNN could not open backend {backend} ({e.__cause__ or e})") from None
         self.module = self._load(nn, [], [], shape_mutable, rearrange)
-        info = self.module.get_info()
-        self.input_names = list(info["inputNames"])
-        self.output_names = list(info["outputNames"])
+        self.input_names, self.output_names = _io_names(self.path, self.module)
         self._inputs, self._outputs = self.input_names, self.output_names
         if upsample == "fp32" and not ({"masks", "low_res_masks"} <= set(self.output_names)
                                        and "orig_im_size" in self.input_names):
