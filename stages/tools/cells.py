@@ -14,7 +14,7 @@ LAT_KEY = ["component", "runtime", "backend", "artifact", "precision", "mode", "
 PAR_KEY = ["artifact", "precision", "memory", "component"]
 # what a report must have to be compared (older reports lack mode / target / memory: filled in by the readers)
 NEEDED = {"latency": ["component", "runtime", "artifact", "threads", "status", "p50_ms"],
-          "parity": ["artifact", "precision", "component", "status"]}
+          "parity": ["artifact", "precision", "component", "pass"]}
 
 
 def read_report(path: Path, kind: str) -> pd.DataFrame:
