@@ -10,12 +10,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN := $(PY) -m stages
 
-.PHONY: install all bench parity arm arm-env report segment demo regress baseline compare test test-e2e lint status docs clean clean-all help
+.PHONY: install all bench parity arm arm-env report segment demo regress baseline compare test test-slow test-e2e lint status docs clean clean-all help
 
 help:
 	@echo "make install            build .venv from pyproject.toml (every target that needs it does this first)"
 	@echo "make all MODEL=vit_t    build .venv if needed, then run every stage for MODEL (cached stages are skipped)"
 	@echo "make test               build .venv if needed, then run the test suite (tiny models; its measured time is in README.md)"
+	@echo "make test-slow          the slow tier (tests of minutes each: emulated ARM64, a clone's regress); CI runs it"
 	@echo "make test-e2e           the real-model checks, on the vit_t build that make regress (or make all) left"
 	@echo "make bench MODEL=... [SWEEP=quick] [TARGET=\"host ssh://user@board\"]   latency sweep (and what it needs) + summary report;"
 	@echo "                        TARGET: where it times (an SSH target times its MNN cells on its own CPU; several run in parallel)"
@@ -96,9 +97,13 @@ status: install
 docs: install
 	$(PY) -m stages.tools.docs
 
-# two workers (the machine's cores); tests sharing a session-built tiny pipeline stay on one (tests/conftest.py)
+# two workers (the machine's cores); the session-built tiny pipelines are built once and shared (tests/conftest.py)
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not e2e and not slow"
+
+# the slow tier: tests of minutes each (emulated ARM64, a throwaway clone's regress, ...); CI runs it too
+test-slow: install
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "slow and not e2e"
 
 # the real vit_t checks, on the build `make regress MODEL=vit_t` leaves (CI runs the real pipeline once)
 test-e2e: install

@@ -30,18 +30,54 @@ FP32_ONLY = {"convert.variants": {"fp32": []}, "name": "tiny_fp32", "parity.imag
              "parity.mnn_precisions": {"fp32": ["normal"]}, "quantize.variants": {}}
 
 
-# `make test` runs two pytest-xdist workers (--dist loadgroup): the tests that share a session-built pipeline
-# run on one worker, so each pipeline is built once. The emulated-ARM tests (minutes of QEMU) get a group of
-# their own, so they run beside the fp32 group rather than after it (their worker builds fp32_build again).
-GROUPS = {"arm": "arm", "tiny_run": "tiny", "fp32_build": "fp32", "fp32_only": "fp32", "external_run": "external"}
+# `make test` runs two pytest-xdist workers (--dist worksteal). Each session pipeline below is built once per
+# pytest run, by whichever worker needs it first, in a folder both workers share (shared_build); the other
+# worker waits for it and reuses it. Tests read these builds and copy them before changing anything.
+
+
+def shared_build(tmp_path_factory, name: str, make):
+    """`make(folder)` run once per pytest run (across xdist workers: an flock on a folder they share); its
+    return value, pickled, is every later caller's."""
+    import fcntl
+    import os
+    import pickle
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = shared / f"shared-{name}"
+    with open(shared / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / f"shared-{name}.pkl"
+        if done.exists():
+            return pickle.loads(done.read_bytes())
+        shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way
+        folder.mkdir()
+        value = make(folder)
+        done.write_bytes(pickle.dumps(value))
+        return value
+
+
+# The slow tier (`make test-slow`, run by CI after `make test`): tests whose set-up or body takes minutes (the
+# emulated ARM64 target, a throwaway clone's regress, the external-weights pipeline, a bench over a dozen
+# faulty SSH devices); single tests are marked @pytest.mark.slow where they are.
+SLOW_FIXTURES = {"arm", "clone", "external_run", "fault_bench"}
 
 
 def pytest_itemcollected(item):
-    """Mark each test with the group of the session pipeline it uses (at collection: xdist reads the marks
-    in its own pytest_collection_modifyitems, which runs before a conftest's)."""
-    group = next((g for f, g in GROUPS.items() if f in getattr(item, "fixturenames", ())), None)
-    if group:
-        item.add_marker(pytest.mark.xdist_group(group))
+    """The slow tier's tests, by the fixtures they use."""
+    if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.slow)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests on the tiny pipeline first, those on the fp32 one last, the rest between: xdist's worksteal hands
+    each worker a contiguous half, so one worker builds the tiny pipeline while the other runs the tests that
+    need none and then builds the fp32 one, instead of both waiting for the same build."""
+    def rank(item) -> int:
+        names = set(getattr(item, "fixturenames", ()))
+        return 0 if "tiny_run" in names else 2 if names & {"fp32_build", "fp32_only"} else 1
+
+    items.sort(key=rank)  # stable: the order within each rank is kept
 
 
 def write_config(path: Path, base: Path = TINY, **overrides) -> Path:
@@ -86,19 +122,22 @@ def copy_build(src_root: Path, dst_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """Root, config and results of one full pipeline run on the tiny vit_t (every variant, full int8)."""
-    root = tmp_path_factory.mktemp("tiny")
-    cfg = load_model_config(str(TINY))
-    results = run_pipeline(cfg, root)
-    return root, cfg, results
+    def make(root: Path):
+        return root, run_pipeline(load_model_config(str(TINY)), root)
+
+    root, results = shared_build(tmp_path_factory, "tiny", make)
+    return root, load_model_config(str(TINY)), results
 
 
 @pytest.fixture(scope="session")
 def fp32_build(tmp_path_factory):
-    """Root, config path and stage statuses of one fp32-only tiny pipeline, built once for the session."""
-    tmp = tmp_path_factory.mktemp("fp32")
-    cfg_path = write_config(tmp / "tiny_fp32.yaml", **FP32_ONLY)
-    results = run_pipeline(load_model_config(str(cfg_path)), tmp / "root")
-    return tmp / "root", cfg_path, statuses(results)
+    """Root, config path and stage statuses of one fp32-only tiny pipeline, built once for the pytest run."""
+    def make(tmp: Path):
+        cfg_path = write_config(tmp / "tiny_fp32.yaml", **FP32_ONLY)
+        results = run_pipeline(load_model_config(str(cfg_path)), tmp / "root")
+        return tmp / "root", cfg_path, statuses(results)
+
+    return shared_build(tmp_path_factory, "fp32", make)
 
 
 @pytest.fixture

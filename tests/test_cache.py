@@ -3,6 +3,8 @@ deleted output or a stale temp file re-runs exactly what it should."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from conftest import ALL_STAGES as ALL
@@ -51,6 +53,7 @@ def test_status_names_the_changed_code_file(fp32_only, capsys):
     assert "report           will run: code changed: stages/report/__init__.py" in out, out
 
 
+@pytest.mark.slow
 def test_param_change_reruns_that_stage_and_downstream_only(fp32_only):
     root, cfg_path = fp32_only
     write_config(cfg_path, base=cfg_path, **{"export.multimask_output": True})
@@ -61,6 +64,7 @@ def test_param_change_reruns_that_stage_and_downstream_only(fp32_only):
     assert _run(root, cfg_path) == {**dict.fromkeys(ALL, "cached"), "parity": "ran", "report": "ran"}
 
 
+@pytest.mark.slow
 def test_opset_change_reruns_both_exports(fp32_only):
     root, cfg_path = fp32_only
     write_config(cfg_path, base=cfg_path, **{"export.opset": 16})

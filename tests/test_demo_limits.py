@@ -224,6 +224,7 @@ def burst(srv: Server, results: list) -> None:
         results.append(("failed", 0, -1, repr(e)))
 
 
+@pytest.mark.slow
 def test_twenty_clients_with_bad_requests_among_them(server):
     load, peak, done, burst_results = Load(server), [server.rss()], threading.Event(), []
 

@@ -64,6 +64,10 @@ def _e2e_row(lat: pd.DataFrame, par: pd.DataFrame) -> tuple[pd.Series, pd.Series
     return mnn, e2e[e2e["runtime"] == "onnxruntime"].iloc[0]
 
 
+RESULTS_HEAD = ["component (workload)", "MNN file", "load options", "MNN p50 ms", "onnxruntime p50 ms", "MNN / ort",
+                "accuracy vs PyTorch (worst case)", "MB"]
+
+
 def results(root: Path, arg: str = "") -> str:
     """The README's one table: per component the recommended MNN file against onnxruntime (fast-mnn run)."""
     lat, par, conv = (
@@ -112,18 +116,8 @@ def results(root: Path, arg: str = "") -> str:
         if (rec["mode"] == "fixed").any() or m["mode"] == "fixed"
         else ""
     )
-    head = [
-        "component (workload)",
-        "MNN file",
-        "load options",
-        "MNN p50 ms",
-        "onnxruntime p50 ms",
-        "MNN / ort",
-        "accuracy vs PyTorch (worst case)",
-        "MB",
-    ]
     return (
-        table(head, rows) + "\n\n"
+        table(RESULTS_HEAD, rows) + "\n\n"
         f"Measured {info['date']} on {machine(lat)}, {int(first['threads'])} threads,"
         f" MNN {first['mnn_version']},"
         f" onnxruntime {first['onnxruntime_version']} (its `onnx-sim` model), weights **{first['weights']}**"
