@@ -3,9 +3,9 @@ deleted output or a stale temp file re-runs exactly what it should."""
 
 from __future__ import annotations
 
-import pytest
-
 import json
+
+import pytest
 
 from conftest import ALL_STAGES as ALL
 from conftest import statuses, write_config

@@ -13,6 +13,7 @@ import ast
 import hashlib
 import json
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,11 @@ LOCK_FILE = "pipeline.lock.json"
 HASH_CACHE = ".file_hashes.json"
 
 
-def _module_file(mod: str) -> Path | None:
+def _module_file(mod: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
     rel = mod.split(".")[1:]
-    file = PACKAGE_DIR.joinpath(*rel).with_suffix(".py") if rel else PACKAGE_DIR / "__init__.py"
+    file = package_dir.joinpath(*rel).with_suffix(".py") if rel else package_dir / "__init__.py"
     if not file.exists():
-        file = PACKAGE_DIR.joinpath(*rel, "__init__.py")
+        file = package_dir.joinpath(*rel, "__init__.py")
     return file if file.exists() else None
 
 
@@ -55,17 +56,19 @@ def _imported(mod: str, file: Path) -> list[str]:
     return names
 
 
-def code_files(module: str) -> list[Path]:
+def code_files(module: str, package_dir: Path = PACKAGE_DIR, exclude: Collection[str] = ()) -> list[Path]:
     """The files a stage's code runs: its module and every stages.* module it imports, transitively, also by
     imports inside functions. A package's __init__.py counts where it is imported by name (`from stages.bench
-    import x`, `import stages.bench`), not where a module in it is (`from stages.bench.cells import y`)."""
+    import x`, `import stages.bench`), not where a module in it is (`from stages.bench.cells import y`).
+    `package_dir`: the stages/ of another source tree (the regression gate's base worktree); `exclude`:
+    modules neither counted nor followed (the gate counts each runtime's module apart from the bench's)."""
     seen: dict[str, Path] = {}
     todo = [module]
     while todo:
         mod = todo.pop()
-        if mod in seen or not (mod == "stages" or mod.startswith("stages.")):
+        if mod in seen or mod in exclude or not (mod == "stages" or mod.startswith("stages.")):
             continue
-        file = _module_file(mod)
+        file = _module_file(mod, package_dir)
         if file is None:
             continue
         seen[mod] = file

@@ -58,9 +58,10 @@ def regress(args, load: Load) -> int:
              f"{' ...' if len(dirty) > 5 else ''}), compared as it is" if dirty else ""))
     base = prepare_base(REPO, base_ref, new, cfg.name)  # seeds it now if it was not seeded above
     df, ab = _latency_ab(args, cfg, root, new, base, gate, accuracy)
+    rounds = (f"{gate.latency.rounds} rounds per side in the order {' '.join(ab.order)}" if ab.order else
+              "no round: every cell's timed inputs are the same on both sides")
     header = (f"{cfg.name}: this tree vs base {base_ref.sha[:12]} ({base_ref.how}); latency A/B on "
-              f"{ab.machine_class}, {gate.latency.rounds} rounds per side in the order {' '.join(ab.order)}; "
-              f"accuracy vs {baseline / 'parity.csv'}"
+              f"{ab.machine_class}, {rounds}; accuracy vs {baseline / 'parity.csv'}"
               + (f". The new side has uncommitted changes ({len(dirty)} files), compared as it is" if dirty else ""))
     return _verdict(df, now, header, BAD)
 

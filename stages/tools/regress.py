@@ -9,11 +9,15 @@ with the same sweep file, alternating in rounds (base, new, new, base, ...) so t
 Each cell's timed runs are pooled per side; a cell is a regression only when the new median is slower than
 the base's by more than `latency.factor` *and* a one-sided Mann-Whitney U test says the new side is slower
 with at least `latency.confidence`, and every round on its own is past the factor too (a code change slows
-every round; a disturbance of a shared machine slows one: "not reproduced").
+every round; a disturbance of a shared machine slows one: "not reproduced"). Only the cells whose timed inputs
+differ between the sides are timed (TimedInputs): a cell whose artifact bytes, timing code (the bench's shared
+modules and its own runtime's), library versions, model config and sweep are the same is "same inputs: not
+re-timed", and when every cell is, no round runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -27,7 +31,15 @@ import pandas as pd
 from stages.core.artifacts import SAMPLES_CSV, write_csv
 from stages.core.errors import PipelineError
 from stages.core.status import OK, has_kind
-from stages.tools.ab_stats import compare_samples, status_of
+from stages.sam.spec import SPECS
+from stages.tools.ab_stats import (
+    compare_samples,
+    fingerprints,
+    same_inputs_rows,
+    status_of,
+    timed_inputs,
+    with_inputs,
+)
 from stages.tools.cells import LAT_KEY
 
 log = logging.getLogger(__name__)
@@ -180,12 +192,13 @@ def samples_of(lat: pd.DataFrame, reports: Path) -> pd.DataFrame:
 
 
 def ab_latency(new: Side, base: Side, model: str, sweep: tuple[str, Path], gate, name: str) -> AbResult:
-    """Build the base side's artifacts, then time both sides' bench stages in alternating rounds and test.
-    `model` is what `--model` gets on both sides (a name, or an absolute config path); `name` the config's name;
-    `sweep`: how the new side names its sweep (as its own run did, so its cache stays valid) and that sweep's
-    file, which the base side gets (both sides time the same sweep). Every round is a bench run of its own: the
-    bench of the new side's full run, once used as its first round, gave x0.89-1.40 against the base round
-    after it, above 1 in 23 of 27 cells, while round 2 gave x0.82-1.13 (vit_t, quick sweep, AMD 2 cores)."""
+    """Build the base side's artifacts, then time both sides' bench stages in alternating rounds and test;
+    only the cells whose timed inputs differ (none: no round runs). `model` is what `--model` gets on both
+    sides (a name, or an absolute config path); `name` the config's name; `sweep`: how the new side names its
+    sweep (as its own run did, so its cache stays valid) and that sweep's file, which the base side gets (both
+    sides time the same sweep). Every round is a bench run of its own: the bench of the new side's full run,
+    once used as its first round, gave x0.89-1.40 against the base round after it, above 1 in 23 of 27 cells,
+    while round 2 gave x0.82-1.13 (vit_t, quick sweep, AMD 2 cores)."""
     from stages.core.artifacts import machine
 
     out = new.reports(name) / "regress"
@@ -197,15 +210,37 @@ def ab_latency(new: Side, base: Side, model: str, sweep: tuple[str, Path], gate,
     log.info("regress: building the base side's artifacts (%s) in %s", ", ".join(base_stages), base.tree)
     new_sweep, base_sweep = sweep
     run_side(base, model, base_sweep, base_stages, logs)
+    cells = _latency(new.reports(name))  # the new side's own run: every cell of the sweep
+    cells = cells.assign(**fingerprints(cells, *(timed_inputs(s.tree, s.root, model, name, Path(base_sweep))
+                                                  for s in (base, new))))
+    changed = cells["inputs_base"] != cells["inputs_new"]
+    same = same_inputs_rows(cells[~changed])
+    log.info("regress: %d cell(s) with the same timed inputs on both sides (not re-timed), %d to time A/B",
+             len(same), changed.sum())
+    if not changed.any():  # a docs- or tests-only change: nothing a timing reads differs
+        write_csv(out / "ab.csv", same.to_dict("records"))
+        return AbResult(same, [], str(machine()["machine_class"]))
+    sweeps = (new_sweep, base_sweep)
+    if len(same):  # time only what changed: a sweep of the changed cells' components, runtimes and variants
+        sweeps = (restricted_sweep(Path(base_sweep), cells[changed], out / "sweep.yaml"),) * 2
+    with _kept(new, name, out / "new-full-run", enabled=bool(len(same))):
+        timed = _rounds(new, base, model, sweeps, gate, name, out, logs)
+    table = pd.concat([with_inputs(timed, cells[changed]), same], ignore_index=True)
+    write_csv(out / "ab.csv", table.to_dict("records"))
+    return AbResult(table, round_order(gate.rounds), str(machine()["machine_class"]))
+
+
+def _rounds(new: Side, base: Side, model: str, sweeps: tuple, gate, name: str, out: Path,
+            logs: Path) -> pd.DataFrame:
+    """gate.rounds bench runs per side, alternated; each cell's runs pooled per side and compared."""
     pooled: dict[str, list[pd.DataFrame]] = {"base": [], "new": []}
     last: dict[str, pd.DataFrame] = {}  # each side's latency.csv of its last round: the cells' statuses
-    order = round_order(gate.rounds)
-    for i, which in enumerate(order):
+    for i, which in enumerate(round_order(gate.rounds)):
         side, rnd = (base if which == "base" else new), i // 2 + 1
         log.info("regress: round %d/%d, %s side: bench", rnd, gate.rounds, which)
         # a base from before latency_samples.csv existed must not be read with a copied one
         (side.reports(name) / SAMPLES_CSV).unlink(missing_ok=True)
-        run_side(side, model, base_sweep if which == "base" else new_sweep, ["bench"], logs, force=True)
+        run_side(side, model, sweeps[which == "base"], ["bench"], logs, force=True)
         reports = side.reports(name)
         shutil.copy2(reports / "latency.csv", out / f"{which}-{rnd}-latency.csv")
         if (reports / SAMPLES_CSV).exists():
@@ -213,10 +248,40 @@ def ab_latency(new: Side, base: Side, model: str, sweep: tuple[str, Path], gate,
         lat = _latency(reports)
         pooled[which].append(samples_of(lat, reports).assign(round=rnd))
         last[which] = lat
-    table = compare_samples(pd.concat(pooled["base"]), pd.concat(pooled["new"]), status_of(last["base"]),
-                            status_of(last["new"]), gate.factor, gate.confidence)
-    write_csv(out / "ab.csv", table.to_dict("records"))
-    return AbResult(table, order, str(machine()["machine_class"]))
+    return compare_samples(pd.concat(pooled["base"]), pd.concat(pooled["new"]), status_of(last["base"]),
+                           status_of(last["new"]), gate.factor, gate.confidence)
+
+
+def restricted_sweep(source: Path, cells: pd.DataFrame, dest: Path) -> str:
+    """The sweep file with only the components, runtimes and variants of `cells` (their product: a superset,
+    whose other cells are timed and not reported), without its same-process `paired` comparisons (the gate
+    reads none)."""
+    import yaml
+
+    data = yaml.safe_load(source.read_text())
+    wanted = set(cells["component"])
+    data["components"] = [c for c in data.get("components", [*SPECS, "e2e"]) if c in wanted]
+    data["runtimes"] = {rt: {**spec, "variants": sorted(set(cells.loc[cells["runtime"] == rt, "variant"]))}
+                        for rt, spec in data["runtimes"].items() if rt in set(cells["runtime"])}
+    data.pop("paired", None)
+    dest.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(dest)
+
+
+@contextlib.contextmanager
+def _kept(side: Side, name: str, keep: Path, enabled: bool):
+    """The side's bench outputs and lock file as its own run left them, put back after rounds of another
+    sweep, so that its build stays up to date with its own sweep (the report stage then reruns nothing)."""
+    files = [side.reports(name) / f for f in ("latency.csv", SAMPLES_CSV, "paired.csv")]
+    files = [f for f in [*files, side.root / "build" / name / "pipeline.lock.json"] if enabled and f.exists()]
+    for i, f in enumerate(files):
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, keep / f"{i}-{f.name}")
+    try:
+        yield
+    finally:
+        for i, f in enumerate(files):
+            os.replace(keep / f"{i}-{f.name}", f)
 
 
 def _stage_names(tree: Path) -> list[str]:
