@@ -98,3 +98,15 @@ def test_unknown_rewrite_in_a_variant_is_named_with_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"convert.variants.fast: --rewrite 'nope' is not a rewrite") as e:
         load_model_config(str(path))
     assert str(path) in str(e.value)
+
+
+def test_yaml_merge_keys_are_read_and_a_key_given_twice_is_not(tmp_path):
+    from stages.config import read_yaml
+
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("base: &b {threads: 1, runs: 3}\nx: {<<: *b, threads: 2}\n")
+    assert read_yaml(ok)["x"] == {"threads": 2, "runs": 3}
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("x: {threads: 1, threads: 2}\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: malformed YAML at line 1.*duplicate key 'threads'"):
+        read_yaml(twice)

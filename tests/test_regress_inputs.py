@@ -129,3 +129,23 @@ def test_a_docs_only_change_times_nothing(clone):  # noqa: F811
     md = (reports / "regress.md").read_text()
     assert "no round: every cell's timed inputs are the same on both sides" in md and SAME_INPUTS in md
     assert "0 regressions" in out.stdout
+
+
+def test_a_cell_missing_from_the_new_run_keeps_its_verdict_and_same_cells_are_left_out():
+    import pandas as pd
+
+    from stages.tools.ab_stats import INPUTS, _keys, with_inputs
+    from stages.tools.cells import LAT_KEY
+
+    def cell(variant: str) -> dict:
+        return {**dict.fromkeys(LAT_KEY, "x"), "artifact": variant, "inputs_base": variant, "inputs_new": variant,
+                "inputs_changed": ""}
+
+    cells = pd.DataFrame([cell("a"), cell("b")])  # the new run has a (changed) and b (same); c is gone
+    gone = pd.DataFrame([cell("c")])
+    keys = dict(zip("abc", [*_keys(cells), *_keys(gone)], strict=True))
+    table = pd.DataFrame({"cell": [keys["a"], keys["b"], keys["c"]],
+                          "verdict": ["same", "same", "missing in b"]})
+    out = with_inputs(table, cells, cells.iloc[[1]])
+    assert list(out["verdict"]) == ["same", "missing in b"]
+    assert set(INPUTS) <= set(out.columns)

@@ -197,3 +197,9 @@ def _run_id(t) -> str:
     from stages.runtimes.ssh_session import SESSIONS
 
     return SESSIONS[t].run_id
+
+
+def test_a_tilde_python_is_expanded_there_and_other_words_are_quoted():
+    t = parse_target("ssh://pi@board?python=%27~/sam%20venv/bin/python%27%20-X%20utf8")
+    assert t.python_command == "~/'sam venv/bin/python' -X utf8"
+    assert parse_target("ssh://pi@board?python=python3;touch%20x").python_command == "'python3;touch' x"

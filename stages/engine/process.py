@@ -162,12 +162,12 @@ def _outcome(proc, q, timeout_s: float = float("inf")) -> tuple | None:
 
     deadline = time.monotonic() + timeout_s
     while True:
+        if time.monotonic() > deadline and proc.is_alive():  # also for a stage that logs all the time
+            return TIMED_OUT
         try:
             item = q.get(timeout=0.2)
         except queue_mod.Empty:
             if proc.is_alive():
-                if time.monotonic() > deadline:
-                    return TIMED_OUT
                 continue
             try:
                 item = q.get(timeout=1.0)

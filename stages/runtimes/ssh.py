@@ -54,6 +54,14 @@ USER_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
 PIP_NAMES = {"numpy": "numpy", "MNN": "MNN"}
 
 
+
+def _tilde_word(word: str) -> str:
+    """`word` quoted for a POSIX shell, but a leading ~ or ~user (a plain name) left bare for it to expand."""
+    head, sep, rest = word.partition("/")
+    if re.fullmatch(r"~[A-Za-z0-9._-]*", head):
+        return head + (sep + shlex.quote(rest) if rest else "")
+    return shlex.quote(word)
+
 @dataclass(frozen=True)
 class SshTarget:
     host: str
@@ -86,16 +94,15 @@ class SshTarget:
 
     @property
     def python_command(self) -> str:
-        """`python` for the remote shell: its words, each quoted (a `;` or `$(...)` in it is no command)."""
-        return shlex.join(shlex.split(self.python))
+        """`python` for the remote shell: its words, each quoted (a `;` or `$(...)` in it is no command), but a
+        leading ~ or ~user of the program left for the shell there to expand (`python=~/venv/bin/python`)."""
+        words = shlex.split(self.python)
+        return " ".join([_tilde_word(words[0]), *map(shlex.quote, words[1:])]) if words else ""
 
     @property
     def folder_word(self) -> str:
         """`dir` for the remote shell: quoted, but a leading ~ or ~user left for the shell there to expand."""
-        head, sep, rest = self.folder.partition("/")
-        if head.startswith("~"):
-            return head + (sep + shlex.quote(rest) if rest else "")
-        return shlex.quote(self.folder)
+        return _tilde_word(self.folder)
 
     def copy_timeout(self, size: int) -> float:
         return max(self.timeout, size / COPY_BYTES_PER_S)
@@ -236,8 +243,8 @@ def _problem(t: SshTarget) -> str | None:
     head = t.folder.partition("/")[0]
     if not t.folder or (head.startswith("~") and head != "~" and not USER_NAME.fullmatch(head[1:])):
         return f"dir={t.folder!r} is not a folder (a path, ~/path or ~user/path)"
-    if not t.timeout > 0:
-        return f"timeout must be a number of seconds above 0, got {t.timeout}"
+    if not 0 < t.timeout <= 86400:  # inf or 1e300 would overflow the waits
+        return f"timeout must be a number of seconds above 0 and at most 86400, got {t.timeout}"
     return None
 
 

@@ -119,10 +119,15 @@ def same_inputs_rows(cells: pd.DataFrame) -> pd.DataFrame:
     return rows[["cell", *LAT_KEY, "new_p50_ms", "verdict", "status", *INPUTS]]
 
 
-def with_inputs(table: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    """The A/B rows of `table` whose cell is one of `cells` (latency rows with INPUTS), with its INPUTS."""
+def with_inputs(table: pd.DataFrame, cells: pd.DataFrame, same: pd.DataFrame) -> pd.DataFrame:
+    """The A/B rows of `table` with the INPUTS of `cells` (the new run's latency rows) joined, less the rows of
+    `same` cells (timed only because a restricted sweep is a grid). A row of no cell of the new run stays:
+    "missing in b" is a verdict of its own."""
+    if not len(table):
+        return table
     inputs = cells.assign(cell=_keys(cells)).drop_duplicates("cell").set_index("cell")[INPUTS]
-    return table[table["cell"].isin(inputs.index)].join(inputs, on="cell") if len(table) else table
+    kept = table[~table["cell"].isin(set(_keys(same)) if len(same) else set())]
+    return kept.join(inputs, on="cell").fillna({c: "" for c in INPUTS})
 
 
 def ab_verdict(base_ms: np.ndarray, new_ms: np.ndarray, factor: float, confidence: float,

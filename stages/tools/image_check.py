@@ -21,12 +21,15 @@ def check_image_file(path: Path, max_megapixels: float = float("inf")) -> tuple[
     """(width, height) of a whole JPEG, PNG or BMP file of at most `max_megapixels`; ImageFileError saying what
     is wrong otherwise."""
     data = Path(path).read_bytes()
-    if data.startswith(b"\xff\xd8\xff"):
-        return _jpeg(data, max_megapixels)
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return _png(data, max_megapixels)
-    if data.startswith(b"BM"):
-        return _bmp(data, max_megapixels)
+    try:
+        if data.startswith(b"\xff\xd8\xff"):
+            return _jpeg(data, max_megapixels)
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return _png(data, max_megapixels)
+        if data.startswith(b"BM"):
+            return _bmp(data, max_megapixels)
+    except struct.error as e:  # a header field cut short
+        raise ImageFileError(f"damaged image header ({e})") from None
     what = "an empty file" if not data else f"starts with {data[:8]!r}"
     raise ImageFileError(f"not a JPEG, PNG or BMP image ({what})")
 
@@ -87,7 +90,8 @@ def _png(data: bytes, max_megapixels: float) -> tuple[int, int]:
         if end > len(data):
             raise ImageFileError(f"truncated PNG: chunk {kind!r} at byte {pos} runs past the end of the file")
         body = data[pos + 8 : pos + 8 + length]
-        if zlib.crc32(kind + body) != struct.unpack(">I", data[end - 4 : end])[0]:
+        critical = kind[:1].isupper()  # decoders skip ancillary chunks (tEXt, ...) whatever their CRC
+        if critical and zlib.crc32(kind + body) != struct.unpack(">I", data[end - 4 : end])[0]:
             raise ImageFileError(f"damaged PNG: chunk {kind!r} at byte {pos} fails its CRC")
         if chunks == 0 and (kind != b"IHDR" or length != 13):
             raise ImageFileError("damaged PNG: the first chunk is not IHDR")

@@ -225,7 +225,7 @@ def ab_latency(new: Side, base: Side, model: str, sweep: tuple[str, Path], gate,
         sweeps = (restricted_sweep(Path(base_sweep), cells[changed], out / "sweep.yaml"),) * 2
     with _kept(new, name, out / "new-full-run", enabled=bool(len(same))):
         timed = _rounds(new, base, model, sweeps, gate, name, out, logs)
-    table = pd.concat([with_inputs(timed, cells[changed]), same], ignore_index=True)
+    table = pd.concat([with_inputs(timed, cells, cells[~changed]), same], ignore_index=True)
     write_csv(out / "ab.csv", table.to_dict("records"))
     return AbResult(table, round_order(gate.rounds), str(machine()["machine_class"]))
 

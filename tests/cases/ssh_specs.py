@@ -35,6 +35,7 @@ BAD_SPECS = [
     BadSpec("bad-ipv6", "ssh://pi@[::1", ConfigError, "is not an SSH target"),
     BadSpec("timeout-0", "ssh://pi@board?timeout=0", ConfigError,
             "timeout must be a number of seconds above 0"),
+    BadSpec("timeout-inf", "ssh://pi@board?timeout=inf", ConfigError, "above 0 and at most 86400, got inf"),
     BadSpec("timeout-word", "ssh://pi@board?timeout=soon", ConfigError,
             "timeout must be a number of seconds"),
     BadSpec("python-unclosed-quote", "ssh://pi@board?python=python3%20'x", ConfigError,
