@@ -114,8 +114,8 @@ def _minutes(s: float) -> str:
 
 
 def times(root: Path, arg: str = "") -> str:
-    """Every measured command time, with its date and machine."""
-    t = csv(root, TIMES)
+    """Each command's latest measured time (the CSV keeps the earlier ones), with its date and machine."""
+    t = csv(root, TIMES).drop_duplicates("command", keep="last")
     rows = [
         [f"`{r.command}`", f"{_minutes(r.seconds)} ({int(r.seconds)} s)", r.date, r.machine, r.notes]
         for r in t.itertuples()
@@ -126,7 +126,7 @@ def times(root: Path, arg: str = "") -> str:
 def time(root: Path, arg: str) -> str:
     """One command's measured time as a sentence: what ran, how long, when and where."""
     t = csv(root, TIMES)
-    r = t[t["command"] == arg].iloc[0]
+    r = t[t["command"] == arg].iloc[-1]  # the latest
     return (
         f"Measured: `{arg}` took {_minutes(r['seconds'])} ({int(r['seconds'])} s)"
         f" on {r['date']}, {r['machine']}"
