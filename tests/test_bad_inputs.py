@@ -85,3 +85,15 @@ def test_clean_removes_one_model_and_clean_all_keeps_the_committed_reports(tmp_p
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["Makefile", "reports/baselines/tiny/parity.csv", "reports/demo/page.png",
                     "reports/measured/run/latency.csv"]
+
+
+def test_the_readme_counts_the_bad_inputs_tested():
+    import re
+
+    from cases import demo_requests, ssh_specs
+
+    counts = (len(ALL), len(demo_requests.ROWS), len(ssh_specs.BAD_SPECS) + len(ssh_specs.DEVICE_FAULTS))
+    text = " ".join((ROOT_DIR / "README.md").read_text().split())
+    said = re.search(r"(\d+) bad inputs are tested \((\d+) CLI .*?, (\d+) demo requests, (\d+) SSH", text)
+    assert said, "README's reliability section should say how many bad inputs are tested"
+    assert tuple(map(int, said.groups())) == (sum(counts), *counts)
