@@ -203,3 +203,20 @@ def test_a_tilde_python_is_expanded_there_and_other_words_are_quoted():
     t = parse_target("ssh://pi@board?python=%27~/sam%20venv/bin/python%27%20-X%20utf8")
     assert t.python_command == "~/'sam venv/bin/python' -X utf8"
     assert parse_target("ssh://pi@board?python=python3;touch%20x").python_command == "'python3;touch' x"
+
+
+def test_a_start_that_fails_there_leaves_no_master_folder_behind(sshd, tmp_path):
+    """The master connects, then the run folder cannot be made (a path /proc refuses): each retry used to start
+    a new master in a new /tmp/sam-ssh-* folder and leave the last one's."""
+    from stages.runtimes.ssh_session import SESSIONS
+
+    t = parse_target(sshd.spec(dir="/proc/sam-deploy-cannot-be-made"))
+    first = t.run({}, tmp_path / "one.log", 60)
+    assert not first.ok and "making the run folder" in first.error, first.error
+    s = SESSIONS[t]
+    control = s.control
+    assert control and Path(control).exists()
+    second = t.run({}, tmp_path / "two.log", 60)
+    assert not second.ok and not Path(control).exists()  # the first master's folder went before the retry
+    t.close()
+    assert not Path(s.control).exists()

@@ -121,6 +121,8 @@ class _Session:
         with self.lock:
             if self.started:
                 return
+            if self.control:  # an earlier start got its master up, then failed there: stop that one first
+                self.close()
             self.control = tempfile.mkdtemp(prefix="sam-ssh-")
             # one master connection for the run's many ssh calls (a login costs 0.1-1 s); it stops itself 60 s
             # after the last use, and close() stops it at once. Its output goes to a file: a master holding a
