@@ -12,7 +12,8 @@ import pytest
 from test_regress_ab import _cli, _git, clone  # noqa: F401  (clone: the throwaway clone, a fixture)
 
 from conftest import ROOT_DIR
-from stages.tools.ab_stats import SAME_INPUTS, fingerprints, timed_inputs
+from stages.tools.ab_stats import SAME_INPUTS
+from stages.tools.timed_inputs import fingerprints, timed_inputs
 
 NAME = "tiny_fp32"
 SWEEP = ROOT_DIR / "tests" / "configs" / "sweep_ab.yaml"
@@ -69,16 +70,6 @@ def test_an_artifact_whose_bytes_differ_changes_the_cells_that_time_it(fp32_buil
     assert df.loc[("decoder", "mnn"), "inputs_changed"] == f"artifact:build/{NAME}/mnn/decoder.fp32.mnn"
 
 
-def test_the_bench_code_changes_every_cell(fp32_only, tmp_path):
-    root, cfg = fp32_only
-    tree = _tree(tmp_path)
-    before = _inputs(tree, root, cfg)
-    tasks = tree / "stages" / "bench" / "tasks.py"
-    tasks.write_text(tasks.read_text() + "\n# a change to the timing loop's module\n")
-    df = _compare(before, _inputs(tree, root, cfg))
-    assert df["differs"].all() and (df["inputs_changed"] == "code:stages/bench/tasks.py").all()
-
-
 @pytest.mark.parametrize("runtime", ["mnn", "onnxruntime", "torch"])
 def test_one_runtimes_code_changes_that_runtimes_cells_only(fp32_only, tmp_path, runtime):
     root, cfg = fp32_only
@@ -91,15 +82,16 @@ def test_one_runtimes_code_changes_that_runtimes_cells_only(fp32_only, tmp_path,
     assert set(df.loc[df["differs"], "inputs_changed"]) == {f"code:stages/runtimes/{runtime}.py"}
 
 
-def test_the_runtimes_shared_interface_changes_every_cell(fp32_only, tmp_path):
-    """stages/runtimes/base.py is what every runtime runs through: a change there is every runtime's."""
+@pytest.mark.parametrize("shared", ["bench/tasks.py", "runtimes/base.py"])
+def test_code_every_runtime_runs_through_changes_every_cell(fp32_only, tmp_path, shared):
+    """The timing loop's module and the interface every runtime runs through: a change there is every cell's."""
     root, cfg = fp32_only
     tree = _tree(tmp_path)
     before = _inputs(tree, root, cfg)
-    shared = tree / "stages" / "runtimes" / "base.py"
-    shared.write_text(shared.read_text() + "\n# the interface every runtime runs through\n")
+    code = tree / "stages" / shared
+    code.write_text(code.read_text() + "\n# a change every runtime's timing runs\n")
     df = _compare(before, _inputs(tree, root, cfg))
-    assert df["differs"].all() and (df["inputs_changed"] == "code:stages/runtimes/base.py").all()
+    assert df["differs"].all() and (df["inputs_changed"] == f"code:stages/{shared}").all()
 
 
 def test_a_docs_only_change_times_nothing(clone):  # noqa: F811
@@ -132,8 +124,6 @@ def test_a_docs_only_change_times_nothing(clone):  # noqa: F811
 
 
 def test_a_cell_missing_from_the_new_run_keeps_its_verdict_and_same_cells_are_left_out():
-    import pandas as pd
-
     from stages.tools.ab_stats import INPUTS, _keys, with_inputs
     from stages.tools.cells import LAT_KEY
 

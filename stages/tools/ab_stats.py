@@ -1,23 +1,14 @@
-"""The latency A/B per cell: which cells it times (those whose timed inputs differ between the sides: the rest
-are "same inputs: not re-timed"), and its statistics: the two sides' pooled timed runs and each round's, a
-one-sided Mann-Whitney U test, the factor, and the rule that a change must show in every round (a code change
-slows every round; a disturbance of a shared machine slows one: "not reproduced"). Rows in compare.py's
-format."""
+"""The latency A/B's statistics: per cell, the two sides' pooled timed runs and each round's, a one-sided
+Mann-Whitney U test, the factor, and the rule that a change must show in every round (a code change slows
+every round; a disturbance of a shared machine slows one: "not reproduced"); cells whose timed inputs are the
+same on both sides (timed_inputs.py) are "same inputs: not re-timed". Rows in compare.py's format."""
 
 from __future__ import annotations
-
-import contextlib
-import hashlib
-import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from stages.core.names import SIM_ONNX, file_artifact
 from stages.core.status import OK, Status, has_kind, is_failed, is_skipped
-from stages.sam.spec import SPECS, parts
 from stages.tools.cells import LAT_KEY, _key
 
 SAME_INPUTS = "same inputs: not re-timed"  # the verdict of a cell whose timed inputs are equal on both sides
@@ -30,84 +21,6 @@ def status_of(lat: pd.DataFrame) -> dict[str, str]:
 
 def _keys(df: pd.DataFrame) -> pd.Series:
     return _key(df, LAT_KEY, set())
-
-
-LIBRARIES = ("MNN", "onnxruntime", "torch", "numpy")  # one venv runs both sides: equal, and recorded
-
-
-@dataclass
-class TimedInputs:
-    """What one side's latency cells are timed from, sha256 by input: per runtime, the code its timing runs
-    (the bench stage's modules but the runtimes' own, plus that runtime's module and what it imports); per
-    (component, artifact), the files as the side's lock file recorded them; and what every cell shares
-    (library versions, model config, sweep file)."""
-
-    common: dict[str, str]
-    code: dict[str, dict[str, str]]
-    files: dict[tuple[str, str], dict[str, str]]
-
-    def of(self, component: str, runtime: str, artifact: str) -> dict[str, str]:
-        keys = [(s.name, artifact) for s in parts(component)]
-        if component == "decoder":  # its runs are fed embeddings the bench makes with the simplified encoder
-            keys.append(("encoder", SIM_ONNX))
-        files = {k: v for key in keys for k, v in self.files.get(key, {}).items()}
-        return {**self.common, **self.code.get(runtime, {"code": f"no runtime {runtime!r}"}), **files}
-
-
-def timed_inputs(tree: Path, root: Path, model: str, name: str, sweep: Path) -> TimedInputs:
-    """The side's timed inputs, read from its own tree (code, model config) and build (the artifacts its lock
-    file names)."""
-    import importlib.metadata
-
-    import yaml
-
-    from stages.core.artifacts import file_sha256
-    from stages.engine.lock import Lock, code_files
-    from stages.runtimes import RUNTIMES
-
-    pkg, own = tree / "stages", {rt: cls.__module__ for rt, cls in RUNTIMES.items()}
-    bench = yaml.safe_load((tree / "pipeline.yaml").read_text())["stages"]["bench"]["module"]
-    shared = code_files(bench, pkg, exclude=set(own.values()))
-
-    def hashes(files: list[Path]) -> dict[str, str]:
-        return {f"code:{f.relative_to(tree).as_posix()}": file_sha256(f) for f in files}
-
-    config = Path(model) if Path(model).is_absolute() else tree / "configs" / "models" / f"{model}.yaml"
-    libs = {}
-    for lib in LIBRARIES:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            libs[f"library:{lib}"] = importlib.metadata.version(lib)
-    common = {"config": file_sha256(config) if config.exists() else "absent", "sweep": file_sha256(sweep),
-              **libs}
-    files: dict[tuple[str, str], dict[str, str]] = {}
-    lock = Lock(root / "build" / name, root)  # the artifacts its stages made, hashed now (cached)
-    for entry in lock.stages.values():
-        for key in entry.get("outs") or []:
-            for comp in SPECS:
-                if (art := file_artifact(Path(key), comp)) and lock.resolve(key).exists():
-                    files.setdefault((comp, art), {})[f"artifact:{key}"] = lock.file_hash(lock.resolve(key))
-    # a runtime's code: its module and what that imports, but the other runtimes' modules (their cells' code)
-    code = {rt: hashes([*shared, *code_files(mod, pkg, exclude=set(own.values()) - {mod})])
-            for rt, mod in own.items()}
-    return TimedInputs(common, code, files)
-
-
-def fingerprints(cells: pd.DataFrame, base: TimedInputs, new: TimedInputs) -> dict[str, list[str]]:
-    """Per latency row, each side's fingerprint of its timed inputs (16 hex digits), and the inputs that
-    differ."""
-    out: dict[str, list[str]] = {c: [] for c in INPUTS}
-    for r in cells[["component", "runtime", "artifact"]].to_dict("records"):
-        a, b = base.of(**r), new.of(**r)
-        differ = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
-        out["inputs_base"].append(fingerprint(a))
-        out["inputs_new"].append(fingerprint(b))
-        more = f" (+{len(differ) - 4} more)" if len(differ) > 4 else ""
-        out["inputs_changed"].append(" ".join(differ[:4]) + more)
-    return out
-
-
-def fingerprint(inputs: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def same_inputs_rows(cells: pd.DataFrame) -> pd.DataFrame:
@@ -126,7 +39,7 @@ def with_inputs(table: pd.DataFrame, cells: pd.DataFrame, same: pd.DataFrame) ->
     if not len(table):
         return table
     inputs = cells.assign(cell=_keys(cells)).drop_duplicates("cell").set_index("cell")[INPUTS]
-    kept = table[~table["cell"].isin(set(_keys(same)) if len(same) else set())]
+    kept = table[~table["cell"].isin(set(_keys(same)))]
     return kept.join(inputs, on="cell").fillna({c: "" for c in INPUTS})
 
 

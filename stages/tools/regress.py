@@ -32,15 +32,9 @@ from stages.core.artifacts import SAMPLES_CSV, write_csv
 from stages.core.errors import PipelineError
 from stages.core.status import OK, has_kind
 from stages.sam.spec import SPECS
-from stages.tools.ab_stats import (
-    compare_samples,
-    fingerprints,
-    same_inputs_rows,
-    status_of,
-    timed_inputs,
-    with_inputs,
-)
+from stages.tools.ab_stats import compare_samples, same_inputs_rows, status_of, with_inputs
 from stages.tools.cells import LAT_KEY
+from stages.tools.timed_inputs import fingerprints, pipeline_stages, timed_inputs
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +279,4 @@ def _kept(side: Side, name: str, keep: Path, enabled: bool):
 
 
 def _stage_names(tree: Path) -> list[str]:
-    import yaml
-
-    stages = yaml.safe_load((tree / "pipeline.yaml").read_text())["stages"]
-    return [name for name, spec in stages.items() if not spec.get("on_demand")]  # never part of a plain run
+    return [name for name, spec in pipeline_stages(tree).items() if not spec.get("on_demand")]  # never part of a plain run

@@ -118,7 +118,7 @@ class MnnSamPredictor:
         if image is None:
             raise PipelineError("call set_image() before predict()")
         size = image.original_size
-        pts, labels, box = self._check_prompt(point_coords, point_labels, box, mask_input, size)
+        pts, labels, box = self.check_prompt(point_coords, point_labels, box, mask_input, size)
         t0 = time.perf_counter()
         feeds = decoder_feeds(image.embeddings, pts, labels, size, box=box, mask_input=mask_input)
         out = self.decoder.run(feeds)
@@ -136,7 +136,8 @@ class MnnSamPredictor:
         return Prediction(masks > 0.0, iou, low, timings)
 
     @staticmethod
-    def _check_prompt(point_coords, point_labels, box, mask_input, size):
+    def check_prompt(point_coords, point_labels, box, mask_input, size):
+        """A prompt for an image of `size` (h, w) as arrays, or a PipelineError naming the value that is wrong."""
         h, w = size
         if point_coords is None and box is None and mask_input is None:
             raise PipelineError("no prompt: give points (with labels), a box, or a previous mask")
@@ -226,7 +227,7 @@ def segment_file(image_path: Path, out_dir: Path, encoder: Path, decoder: Path, 
     t0 = time.perf_counter()
     image = read_image(image_path)
     read_ms = (time.perf_counter() - t0) * 1000
-    MnnSamPredictor._check_prompt(points, labels, box, None, image.shape[:2])
+    MnnSamPredictor.check_prompt(points, labels, box, None, image.shape[:2])
     predictor = MnnSamPredictor(encoder, decoder, threads=threads, precision=precision, options=options,
                                 upsample=upsample)
     predictor.set_image(image)

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stages.core.errors import PipelineError
+from stages.tools.image_io import MAX_MEGAPIXELS
 
-MAX_MEGAPIXELS = 50
 MAX_UPLOAD_MB = 64  # the default; $SAM_DEMO_MAX_UPLOAD_MB overrides it (limits.py)
 FORMATS = ("JPEG", "PNG")
 BUNDLED = ("astronaut", "coffee", "chelsea", "rocket")  # the parity photos (stages/sam/samples.py)
