@@ -92,14 +92,17 @@ def test_sweep_rows_cover_the_grid_with_honest_skips(tiny_latency):
     _, df, results = tiny_latency
     assert results["bench"] == "ran" and results["report"] == "ran"
     assert {s for s, v in results.items() if v == "ran"} == {"bench", "report"}  # the copied build was reused
-    # 3 components; decoder has 2 workloads; 6 runtime/backend combos; 2 thread counts
-    assert len(df) == (1 + 2 + 1) * 6 * 2
+    # 3 components (the decoder has 2 workloads) x 3 runtimes here x 2 thread counts timed; each absent backend is
+    # one row for its 6 cells (3 components x 2 thread counts), not one per cell and workload
     skipped = df[df["status"].str.startswith("skipped")]
-    assert set(skipped["backend"]) == {"CUDAExecutionProvider", "OpenCL", "CUDA"}
+    assert sorted(skipped["backend"]) == ["CUDA", "CUDAExecutionProvider", "OpenCL"]
+    assert (skipped["cells"] == 6).all() and (skipped["threads"] == 0).all()
+    assert (skipped["component"] == "encoder decoder e2e").all()
     assert skipped[skipped["backend"] == "CUDA"]["status"].str.contains("falls back to the CPU").all()
     assert skipped["p50_ms"].isna().all()  # never a number from another backend
     ok = df[df["status"] == "ok"]
-    assert len(ok) == len(df) - len(skipped)
+    assert len(ok) == (1 + 2 + 1) * 3 * 2 and len(df) == len(ok) + 3
+    assert ok["stopped_by"].isin(["runs", "ci", "budget"]).all() and ok["ci95_pct"].notna().all()
     for col in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "cv_pct", "min_ms", "first_run_ms",
                 "load_s", "peak_rss_mb", "matmul_gflops", "roofline_frac", "gflop"):
         assert pd.api.types.is_numeric_dtype(df[col]) and ok[col].notna().all(), col

@@ -67,8 +67,8 @@ def _status(src: Path, cfg: Path, root: Path) -> dict[str, str]:
     ("stages/bench/tasks.py", ["bench"], {"report": "bench"}),
     # the converter's task (mnnconvert, mnn_smoke) is in stages/convert.py: convert and the stages that call the
     # converter themselves (quantize, profile), then what reads their outputs; nothing before convert
-    ("stages/convert.py", ["convert", "quantize", "profile"], {"parity": "convert", "bench": "convert",
-                                                               "report": "bench, parity"}),
+    ("stages/convert.py", ["convert", "quantize", "profile"], {"parity": "convert",
+                                                               "bench": "convert, parity", "report": "bench, parity"}),
 ])
 def test_an_edit_in_a_task_makes_its_stage_and_what_follows_out_of_date(fp32_only, source_copy, edited, direct,
                                                                           after):

@@ -83,7 +83,7 @@ def test_fixed_shape_module_gives_the_same_outputs_when_shapes_change(tiny_run):
 
 
 def test_modes_are_cells_and_bad_mode_options_are_named(tmp_path):
-    sweep = load_sweep("default")  # its MNN variants are `all`: the model's convert.variants
+    sweep = load_sweep("full")  # the exhaustive grid; its MNN variants are `all`: the model's convert.variants
     modes = {c.mode for c in grid(sweep, {"fp32": []}) if c.runtime == "mnn"}
     assert modes == {"default", "fixed", "memory-low"}
     keys = [c.key for c in grid(sweep, {"fp32": []})]
@@ -151,14 +151,16 @@ def test_recommended_is_the_fastest_that_passes_parity():
     parity = pd.DataFrame([_par("mnn-fast", "encoder", False), _par("mnn-fast", "e2e", False),
                            _par("mnn-ok", "encoder", True), _par("mnn-ok", "e2e", True, mask_iou=0.97),
                            _par("mnn-slow", "encoder", True), _par("mnn-slow", "e2e", True)])
-    rec = recommended(lat, parity).set_index("pick")
-    assert list(rec.index) == ["fastest"]  # no files on disk: no size, so no smallest pick
-    r = rec.loc["fastest"]
+    rec = recommended(lat, parity)
+    assert list(rec["pick"]) == ["fastest", "fastest"]  # no files on disk: no size, so no smallest pick
+    assert list(rec["threads"]) == [1, 2]  # at 1 thread and at the top thread count, the top last
+    t1, r = rec.iloc[0], rec.iloc[1]
+    assert (t1["artifact"], t1["mode"], t1["p50_ms"]) == ("mnn-ok", "default", 5.0)
     assert (r["artifact"], r["mode"], r["p50_ms"], r["threads"]) == ("mnn-ok", "fixed", 20.0, 2)
     assert r["e2e_mask_iou"] == 0.97
     # an artifact whose e2e row fails is not recommended even if its own component passes
     parity.loc[(parity["artifact"] == "mnn-ok") & (parity["component"] == "e2e"), "pass"] = False
-    assert recommended(lat, parity).iloc[0]["artifact"] == "mnn-slow"
+    assert recommended(lat, parity).iloc[-1]["artifact"] == "mnn-slow"
 
 
 def test_smallest_pick_and_memory_low_cells_match_their_own_parity_rows(tmp_path):
@@ -197,6 +199,11 @@ def test_segment_defaults_to_the_recommended_files(tmp_path):
     assert rec["encoder"]["options"] == {"shape_mutable": False, "rearrange": True}
     assert rec["decoder"]["precision"] == "low" and rec["decoder"]["options"] == {}
     assert parse_options("memory=low power=high") == {"memory": "low", "power": "high"}
+    # rows at 1 thread and at the top thread count: make segment loads the top thread count's, wherever it is
+    rows = [{"component": c, "runtime": "mnn", "precision": "normal", "mode_options": "-", "threads": t,
+             "path": f"build/m/mnn/{c}.t{t}.mnn"} for t in (4, 1) for c in ("encoder", "decoder")]
+    pd.DataFrame(rows).to_csv(tmp_path / "reports" / "m" / "recommended.csv", index=False)
+    assert recommended_models(tmp_path, "m")["encoder"]["path"] == tmp_path / "build/m/mnn/encoder.t4.mnn"
 
 
 def test_rewrite_moves_the_attention_scale_onto_q_and_keeps_the_outputs(tiny_run, tmp_path):

@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.bench.cells import BenchInputs, cell_base, grid, samples_of, timed_row, workloads
+from stages.bench.cells import BenchInputs, cell_base, expand_variants, grid, samples_of, timed_row, workloads
 from stages.bench.paired import COLUMNS, paired_rows
 from stages.bench.remote import target_rows
+from stages.bench.skips import Candidates, SameFiles, Skips
 from stages.bench.tasks import bench
 from stages.config import load_sweep
-from stages.core.artifacts import SAMPLES_CSV, atomic_output, file_sha256, machine
+from stages.core.artifacts import SAMPLES_CSV, atomic_output, cached_file_sha256, file_sha256, machine
 from stages.core.isolate import run_isolated
 from stages.core.names import SIM_ONNX, artifact_paths
 from stages.core.signals import deferred
@@ -118,19 +119,13 @@ def host_rows(inputs: BenchInputs) -> tuple[list[dict], list[dict]]:
     np.savez(feeds, photo=inputs.photo, image=inputs.image, embeddings=inputs.embeddings)
     rows: list[dict] = []
     samples: list[dict] = []
-    unavailable: dict[tuple[str, str], str | None] = {}
+    skip = NotTimed(inputs)
     for cell in tqdm(cells, desc="bench", unit="cell"):
         loads = workloads(sweep, cell.component, inputs.photo.shape[:2])
         base, opts, same = cell_base(inputs, cell, flags)
-        if (cell.runtime, cell.backend) not in unavailable:
-            unavailable[(cell.runtime, cell.backend)] = RUNTIMES[cell.runtime].unavailable(cell.backend)
-        art, needed, why = inputs.needed(cell)
-        why = unavailable[(cell.runtime, cell.backend)] or why
-        if why is None and same:
-            why = (f"{same.why} on this machine ({base['compute_note']}); not timed twice (sweep option "
-                   f"identical_settings: run times it)")
+        art, needed, why = skip.why(cell, base, opts, same)
         if why:
-            rows.extend({**base, **w, "status": str(Status.skipped(why))} for w in loads)
+            skip.rows.add(base, Status.skipped(why))
             continue
         req = {
             "runtime": cell.runtime, "backend": cell.backend, "precision": cell.precision,
@@ -153,7 +148,42 @@ def host_rows(inputs: BenchInputs) -> tuple[list[dict], list[dict]]:
             samples.extend(samples_of(base["cell"], w))
             rows.append(timed_row(ctx, cell, {**base, "roofline": "host matmul" if base["device"] == "cpu" else "none"},
                                    w, rate, r, sha))
-    return rows, samples
+    return rows + skip.rows.rows(), samples
+
+
+class NotTimed:
+    """Why a host cell is not timed (None: it is): its backend is not here, it computes exactly what another
+    timed cell does (a setting, or the same file), its artifact is missing, or it is no candidate (`candidates:
+    passing`: it fails parity, or only stores another variant's weights in fewer bits and is not the smallest
+    passing file). The skipped cells' rows, one per reason, in `rows`."""
+
+    def __init__(self, inputs: BenchInputs):
+        self.inputs, self.rows = inputs, Skips()
+        self.unavailable: dict[tuple[str, str], str | None] = {}
+        self.candidates = Candidates(inputs.ctx.reports / "parity.csv", inputs.sweep.candidates, inputs.ctx.root)
+        self.same_files = SameFiles()
+        cfg, mnn = inputs.ctx.cfg, inputs.sweep.runtimes.get("mnn")
+        self.mnn_variants = set(expand_variants("mnn", mnn.variants, cfg.convert.variants)) if mnn else set()
+
+    def why(self, cell, base: dict, opts: dict, same) -> tuple[dict | None, list[Path], str | None]:
+        sweep, rt = self.inputs.sweep, RUNTIMES[cell.runtime]
+        if (cell.runtime, cell.backend) not in self.unavailable:
+            self.unavailable[(cell.runtime, cell.backend)] = rt.unavailable(cell.backend)
+        art, needed, why = self.inputs.needed(cell)
+        why = self.unavailable[(cell.runtime, cell.backend)] or why
+        if why is None and same:
+            why = (f"{same.why} on this machine ({base['compute_note']}); not timed twice (sweep option "
+                   f"identical_settings: run times it)")
+        memory = opts.get("memory", "normal")
+        if why is None:
+            why = self.candidates.why_not(cell.runtime, cell.artifact, rt.parity_precision(cell.precision), memory,
+                                          cell.component)
+        if why is None and cell.runtime == "mnn":
+            twin = self.inputs.ctx.cfg.float_twin(cell.variant)
+            why = self.candidates.why_twin(cell, twin if twin in self.mnn_variants else None, memory)
+        if why is None and sweep.identical_settings == "skip" and cell.runtime != "torch":
+            why = self.same_files.why_same(cell, tuple(cached_file_sha256(p) for p in needed))
+        return art, needed, why
 
 
 def timed_processes(req: dict, logfile, sweep):

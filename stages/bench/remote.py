@@ -16,6 +16,7 @@ import re
 import threading
 
 from stages.bench.cells import BenchCell, BenchInputs, cell_base, grid, samples_of, timed_row, workloads
+from stages.bench.skips import Skips
 from stages.core.artifacts import file_sha256
 from stages.core.errors import PipelineError
 from stages.core.status import Status
@@ -68,6 +69,7 @@ def target_rows(inputs: BenchInputs, target, stop: threading.Event) -> tuple[lis
     flags = feature_flags(about.get("cpu_features", ""))
     rows: list[dict] = []
     samples: list[dict] = []
+    skips = Skips()
     for cell in cells:
         loads = workloads(sweep, cell.component, inputs.photo.shape[:2])
         base, opts, same = cell_base(inputs, cell, flags, target.name)
@@ -79,9 +81,11 @@ def target_rows(inputs: BenchInputs, target, stop: threading.Event) -> tuple[lis
                    f"identical_settings: run times it)")
         if why is None and stop.is_set():
             why = "the run was interrupted before this cell"
+        if why and down:
+            rows.extend({**base, **w, "status": str(Status.failed(why))} for w in loads)
+            continue
         if why:
-            status = Status.failed(why) if down else Status.skipped(why)
-            rows.extend({**base, **w, "status": str(status)} for w in loads)
+            skips.add(base, Status.skipped(why))
             continue
         try:
             rows_, samples_ = _time_cell(inputs, target, cell, base, opts, loads, needed)
@@ -91,7 +95,7 @@ def target_rows(inputs: BenchInputs, target, stop: threading.Event) -> tuple[lis
             rows_, samples_ = [{**base, **w, "status": str(Status.failed(why))} for w in loads], []
         rows.extend(rows_)
         samples.extend(samples_)
-    return rows, samples
+    return rows + skips.rows(), samples
 
 
 def _unavailable(cell: BenchCell, about: dict, target) -> str | None:
@@ -112,7 +116,7 @@ def _time_cell(inputs: BenchInputs, target, cell: BenchCell, base: dict, opts: d
     slug = re.sub(r"[^A-Za-z0-9.-]+", "-", target.name)
     log_file = ctx.build / "logs" / f"bench-{slug}-{cell.key.replace('/', '_')}.log"
     res = target.run({"model": str(needed[0]), "feeds": str(_feeds(inputs, target, cell.component, loads)),
-                      "settings": settings, "timing": vars(sweep.timing)}, log_file, sweep.timeout_s)
+                      "settings": settings, "timing": vars(sweep.timing.share(len(loads)))}, log_file, sweep.timeout_s)
     timings = res.result.get("timings") if res.ok else None
     if res.ok and not (isinstance(timings, list) and len(timings) == len(loads)
                        and all(isinstance(t, dict) for t in timings)):

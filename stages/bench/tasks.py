@@ -13,21 +13,20 @@ def bench(req: dict) -> dict:
     """Time one cell's workloads: load the runtime(s), then the stop rule per workload. See stages/bench/__init__.py."""
     import psutil
 
-    from stages.ondevice.timing import StopRule, measure, summarize
+    from stages.ondevice.timing import StopRule, measure, timing_columns
     from stages.runtimes import RUNTIMES
     from stages.runtimes.tasks import peak_rss_mb
 
     cls = RUNTIMES[req["runtime"]]
     data = dict(np.load(req["feeds"]))
-    rule = StopRule(**req["timing"])
+    rule = StopRule(**req["timing"]).share(len(req["workloads"]))  # the budget is the cell's
     t0 = time.perf_counter()
     enc, dec = load_models(cls, req)
     load_seconds = time.perf_counter() - t0
     results = []
     for w in req["workloads"]:
         timing = measure(workload(req["component"], enc, dec, data, w), rule)
-        results.append({**w, **summarize(timing.samples_s), "first_run_ms": timing.first_run_s * 1000,
-                        "valid": timing.valid, "samples_ms": [round(x * 1000, 4) for x in timing.samples_s]})
+        results.append({**w, **timing_columns(timing)})
     return {"load_seconds": load_seconds, "workloads": results,
             "upsample": getattr(getattr(dec, "model", None), "upsample", None),  # MNN: where the masks were made
             "peak_rss_mb": peak_rss_mb(),

@@ -26,6 +26,9 @@ DEFAULT_VARIANTS = {
     "wint8": ["--weightQuantBits", "8"],
 }
 
+# converter flags that change only how weights are stored (value count after each): MNN expands them to fp32 at load
+STORAGE_FLAGS = {"--fp16": 0, "--weightQuantBits": 1, "--weightQuantBlock": 1, "--hqq": 0}
+
 
 @schema
 class ExportConfig:
@@ -155,6 +158,21 @@ class ModelConfig:
         if variant in self.quantize.variants:
             return "full-int8"
         return "weight-int8" if "--weightQuantBits" in self.convert.variants.get(variant, []) else "float"
+
+    def float_twin(self, variant: str) -> str | None:
+        """The convert variant whose file holds this one's graph with fp32 weights, when this one differs from it only
+        in how the weights are stored (--fp16, --weightQuantBits/--weightQuantBlock/--hqq): MNN expands such weights
+        to fp32 at load (at memory normal), so both run the same graph with the same kernels. None otherwise."""
+        flags, rest = list(self.convert.variants.get(variant, [])), []
+        while flags:
+            flag = flags.pop(0)
+            if flag in STORAGE_FLAGS:
+                del flags[:STORAGE_FLAGS[flag]]  # its value
+            else:
+                rest.append(flag)
+        if rest == list(self.convert.variants.get(variant, [])):
+            return None
+        return next((name for name, f in self.convert.variants.items() if list(f) == rest and name != variant), None)
 
     def checkpoint_path(self, root: Path) -> Path | None:
         if not self.checkpoint:

@@ -76,6 +76,9 @@ class SweepConfig:
     # a setting that computes exactly what another does on this machine (MNN precision low on a CPU without
     # fp16 arithmetic is precision normal): skip (a row says so) or time it anyway
     identical_settings: Literal["skip", "run"] = "skip"
+    # passing: a cell whose artifact fails parity (parity.csv, at its precision and memory mode) is not timed, one row
+    # says so (the question is the fastest passing cell); all: every cell is timed
+    candidates: Literal["all", "passing"] = "all"
 
     source: Path | None = field(default=None, init=False, compare=False)
     raw: dict = field(default_factory=dict, init=False, compare=False, repr=False)

@@ -9,8 +9,8 @@ MnnRuntime loads and runs models through MnnModel below, so every MNN number com
 REQUEST: {} (a probe: only what the target is), {"backends": [names]} (which MNN backends open there), or
           {"model": path, "feeds": .npz with "case::input" keys, "out": .npz to write ("case::output"; optional
           when timing), "settings": {"threads", "precision", "backend", "memory", "power", "shape_mutable",
-          "rearrange", "upsample"}, "timing": {"warmup", "min_runs", "min_seconds", "max_seconds"} (optional: the
-          bench's stop rule, applied to each case), "result_file": .json to write}
+          "rearrange", "upsample"}, "timing": {"warmup", "min_runs", "min_seconds", "max_seconds", "ci_pct"}
+          (optional: the bench's stop rule, applied to each case), "result_file": .json to write}
 RESULT:  {"mnn_version", "machine", "cpu_features" (what MNN reports about the CPU it runs on), "cpu_model", "cores",
           "python", "inputs", "outputs", "load_seconds", "run_seconds": [one per case], "cases", "timings": [one per
           case, with timing], "peak_rss_mb", "os_threads"} or {"error": "..."}
@@ -252,11 +252,10 @@ def serve(req: dict) -> dict:
             outs[f"{case}{CASE_SEP}{name}"] = value
         times.append(time.perf_counter() - t0)
         if rule is not None:  # the bench's stop rule, after the run above (which also checked the outputs)
-            from timing import measure, summarize  # importable once _stop_rule ran
+            from timing import measure, timing_columns  # importable once _stop_rule ran
 
             timing = measure(lambda feeds=feeds: model.run(feeds), rule)
-            timings.append({**summarize(timing.samples_s), "first_run_ms": times[-1] * 1000, "valid": timing.valid,
-                            "samples_ms": [round(x * 1000, 4) for x in timing.samples_s]})
+            timings.append(timing_columns(timing, first_run_s=times[-1]))
     bad = sorted({k.rsplit(CASE_SEP, 1)[1] for k, v in outs.items() if not np.all(np.isfinite(v))})
     if req.get("out"):
         np.savez(req["out"], **outs)

@@ -10,7 +10,8 @@ import pandas as pd
 
 from stages.core.artifacts import artifact_bytes
 from stages.core.names import FLOAT_ARTIFACT
-from stages.core.status import OK, SKIPPED, has_kind
+from stages.core.parity_rows import passes, with_checked
+from stages.core.status import OK, has_kind
 from stages.runtimes import RUNTIMES
 
 COMPONENTS = ("encoder", "decoder", "e2e")
@@ -49,18 +50,6 @@ def with_modes(lat: pd.DataFrame) -> pd.DataFrame:
     memory = [next((t.split("=", 1)[1] for t in str(o).split() if t.startswith("memory=")), "normal")
               for o in lat["mode_options"]]
     return lat.assign(memory=memory)
-
-
-def with_checked(parity: pd.DataFrame | None) -> pd.DataFrame | None:
-    """parity.csv with a memory column (older files: normal) and `checked`: the row's cell ran. A cell skipped
-    by design (a setting identical to another here) has no verdict: it neither passes nor fails."""
-    if parity is None:
-        return None
-    parity = parity.assign(memory=parity["memory"].fillna("normal") if "memory" in parity.columns else "normal")
-    checked = (~has_kind(parity["status"], SKIPPED) if "status" in parity.columns
-               else pd.Series(True, index=parity.index))
-    passed = parity["pass"] == True if "pass" in parity.columns else checked  # noqa: E712 (NaN: not passed)
-    return parity.assign(checked=checked, passed=checked & passed)
 
 
 def parity_verdicts(parity: pd.DataFrame | None) -> dict[tuple[str, str, str, str], str]:
@@ -122,19 +111,6 @@ def fastest_table(lat: pd.DataFrame, verdicts) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def passes(parity: pd.DataFrame | None, artifact: str, precision: str, component: str,
-           memory: str = "normal") -> pd.Series | None:
-    """The parity row of (artifact, precision, memory, component) when it and the artifact's e2e row both pass."""
-    if parity is None:
-        return None
-    parity = with_checked(parity)
-    p = parity[(parity["artifact"] == artifact) & (parity["precision"] == precision) & (parity["memory"] == memory)]
-    own, e2e = p[p["component"] == component], p[p["component"] == "e2e"]
-    if own.empty or e2e.empty or not own["passed"].iloc[0] or not e2e["passed"].iloc[0]:
-        return None
-    return own.iloc[0].combine_first(e2e.iloc[0].rename({"mask_iou": "e2e_mask_iou"}))
-
-
 def _passing(g: pd.DataFrame, parity, component: str, runtime: str, root: Path) -> list[dict]:
     """A runtime's cells of one component whose artifact passes parity, fastest first, as recommended.csv rows."""
     out = []
@@ -158,18 +134,19 @@ def _passing(g: pd.DataFrame, parity, component: str, runtime: str, root: Path) 
 
 
 def recommended(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path = Path(".")) -> pd.DataFrame:
-    """Per component and runtime: the fastest benchmarked cell whose artifact passes parity (its own
-    component and end to end, at the memory mode it was timed in), at the highest thread count swept and, for
-    the decoder, the heaviest workload (pick `fastest`); for MNN also the smallest passing file (pick
-    `smallest`, the fastest cell of that file)."""
+    """Per component, thread count (1 and the highest swept) and runtime: the fastest benchmarked cell whose
+    artifact passes parity (its own component and end to end, at the memory mode it was timed in), for the decoder
+    at the heaviest workload (pick `fastest`); for MNN also the smallest passing file (pick `smallest`, the fastest
+    cell of that file). The highest thread count's rows come last (what `make segment` loads)."""
     lat = with_modes(lat)
     ok = lat[timed(lat) & lat["component"].isin(["encoder", "decoder"]) & on_cpu(lat)]
     rows = []
-    for component in ("encoder", "decoder"):
-        sub = ok[ok["component"] == component]
+    for component, threads in ((c, t) for c in ("encoder", "decoder")
+                               for t in sorted({1, ok["threads"].max()} & set(ok["threads"]))):
+        sub = ok[(ok["component"] == component) & (ok["threads"] == threads)]
         if sub.empty:
             continue
-        sub = heaviest(sub[sub["threads"] == sub["threads"].max()], component)
+        sub = heaviest(sub, component)
         for runtime, g in sub.groupby("runtime", sort=False):
             passing = [] if runtime == "torch" else _passing(g, parity, component, runtime, root)
             if not passing:

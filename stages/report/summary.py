@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from stages.core.parity_rows import with_checked
 from stages.core.status import SKIPPED, Status, has_kind
 from stages.report.choose import (
     fastest_table,
@@ -16,11 +17,15 @@ from stages.report.choose import (
     recommended,
     timed,
     variant_points,
-    with_checked,
     workload,
 )
 from stages.report.figures import markdown_table
 from stages.runtimes import identical_skip
+
+
+def cells(rows: pd.DataFrame) -> int:
+    """How many cells latency rows stand for: a collapsed skipped row its `cells`, any other row one."""
+    return int(rows["cells"].fillna(1).sum()) if "cells" in rows.columns else len(rows)
 
 
 def what_computed(lat: pd.DataFrame, parity: pd.DataFrame | None, first) -> str:
@@ -28,6 +33,8 @@ def what_computed(lat: pd.DataFrame, parity: pd.DataFrame | None, first) -> str:
     flags = first.get("cpu_flags", "") if "cpu_flags" in lat.columns else "not recorded"
     flags = "" if flags != flags else str(flags)  # NaN: no flag of note
     same = lat[lat["status"].map(identical_skip)]
+    files = same[same["status"].astype(str).str.contains("same file as")]
+    same = same.drop(files.index)
     par_same = (parity[parity["status"].map(identical_skip)]["cell"].nunique()
                 if parity is not None and "status" in parity.columns else 0)
     ran = lat[timed(lat)]  # a skipped row computed nothing
@@ -36,12 +43,15 @@ def what_computed(lat: pd.DataFrame, parity: pd.DataFrame | None, first) -> str:
     int8 = ran[ran.get("int8_compute", pd.Series("no", index=ran.index)) == "yes"]
     text = [f"\n**What computed these numbers.** CPU features that pick kernels here: {flags or 'none of note'}."]
     if len(same) or par_same:
-        mem = int(same["status"].astype(str).str.contains("memory low computes").sum())
+        mem = cells(same[same["status"].astype(str).str.contains("memory low computes")])
         text.append(f" MNN's precision low (and Low_BF16) computes fp32 on this CPU, exactly what precision normal "
                     f"computes (MNN's CPU fp16 arithmetic is ARMv8.2 only; its bf16 kernels need SME2), and memory "
-                    f"low on a float model computes what memory normal does: {len(same)} latency cells ({mem} of "
+                    f"low on a float model computes what memory normal does: {cells(same)} latency cells ({mem} of "
                     f"them memory low on a float model) and {par_same} parity cells for those settings were not run "
                     f"a second time, and their rows say so. fp16 accuracy must be checked where fp16 runs (ARM).")
+    if len(files):
+        text.append(f" {cells(files)} latency cells time a file byte for byte identical to another variant's (a "
+                    f"rewrite that found nothing to rewrite in that component): not timed twice, their rows say so.")
     text.append(f" MNN cells timed here that computed in fp16: {fp16}. Cells that computed with int8 arithmetic: {len(int8)} "
                 f"(full int8 models, and weight-quantized MNN variants at memory low: dynamic int8); a "
                 f"weight-quantized variant at memory normal computes in float (only its file is smaller).\n")
@@ -117,8 +127,9 @@ def _head(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None) -> list[str]:
 def _choices(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None) -> list[str]:
     """Recommended, full int8 and the fastest cell of each runtime, with the roofline."""
     out = ["## Recommended: the fastest variant that passes parity\n",
-           "Per component and runtime, at the highest thread count swept (reports/"
-           f"{ctx.cfg.name}/recommended.csv; `make segment` loads the MNN rows' files and options).\n\n"]
+           "Per component, thread count (1 and the highest swept) and runtime; for MNN also the smallest passing "
+           f"file (reports/{ctx.cfg.name}/recommended.csv; `make segment` loads the MNN rows' files and options "
+           "at the highest thread count).\n\n"]
     rec = recommended(lat, parity, ctx.root).drop(columns=["path", "candidates", "variant"], errors="ignore")
     out.append(markdown_table(rec.round({"cosine": 6, "mask_iou": 4, "e2e_mask_iou": 4}).astype(object).fillna("")))
     int8 = int8_table(lat, parity, ctx.cfg.quantize.variants, ctx.root)
@@ -132,7 +143,7 @@ def _choices(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None) -> list[str]:
                    f"Target: {target}. reports/{ctx.cfg.name}/quantize.csv says how each was made.\n\n")
         out.append(markdown_table(int8.astype(object).fillna("")))
     out.append("\n## Fastest cell of each runtime\n")
-    out.append(markdown_table(fastest_table(lat, parity_verdicts(parity))))
+    out.append(markdown_table(fastest_table(lat, parity_verdicts(parity)).astype(object).fillna("")))  # no torch: ""
     rates = lat.dropna(subset=["matmul_gflops"]).groupby("threads")["matmul_gflops"].first()
     out.append("\nRoofline: dense fp32 matmul " + ", ".join(f"{v:.0f} GFLOP/s at {t} thread(s)" for t, v in rates.items())
                + ". `roofline %` is the share of that rate a cell reached (component FLOPs / p50).\n")
@@ -171,10 +182,12 @@ def _parity(ctx, parity: pd.DataFrame | None) -> list[str]:
 
 
 def _not_run(lat: pd.DataFrame) -> list[str]:
-    notrun = lat[~timed(lat)]
-    out = [f"\n## Cells not run\n\n{len(notrun)} of {len(lat)} cells did not run:\n\n"]
+    notrun = lat[~timed(lat)].assign(cells=lambda d: d["cells"] if "cells" in d else 1).fillna({"cells": 1})
+    out = [f"\n## Cells not run\n\n{cells(notrun)} of {cells(lat)} cells did not run (a skipped row stands for "
+           f"the `cells` it covers):\n\n"]
     if not notrun.empty:
-        reasons = notrun.groupby("status").agg(cells=("cell", "count"), example=("cell", "first")).reset_index()
+        reasons = notrun.groupby("status").agg(cells=("cells", "sum"), example=("cell", "first")).reset_index()
+        reasons["cells"] = reasons["cells"].astype(int)
         out.append(markdown_table(reasons[["cells", "status", "example"]]))
     return out
 

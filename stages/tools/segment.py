@@ -210,8 +210,8 @@ def recommended_models(root: Path, model: str, pick: str = "fastest") -> dict[st
     if not path.is_file():
         return None
     with open(path, newline="") as f:
-        rows = {r["component"]: r for r in csv.DictReader(f)
-                if r.get("runtime") == "mnn" and r.get("pick", "fastest") == pick}
+        mine = [r for r in csv.DictReader(f) if r.get("runtime") == "mnn" and r.get("pick", "fastest") == pick]
+    rows = {r["component"]: r for r in sorted(mine, key=lambda r: int(float(r.get("threads") or 0)))}  # the most threads
     if not {"encoder", "decoder"} <= set(rows):
         return None
     return {c: {"path": Path(root) / rows[c]["path"], "precision": rows[c]["precision"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages.tools.docs import tables, topics
+from stages.tools.docs import sweeps, tables, topics
 
 RENDERERS = {
     "results": tables.results,
@@ -15,4 +15,6 @@ RENDERERS = {
     "profile-decoder": topics.profile_decoder,
     "times": topics.times,
     "time": topics.time,
+    "picks": sweeps.picks,
+    "picks-summary": sweeps.picks_summary,
 }

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.report.choose import passes, recommended, timed, with_modes, workload
+from stages.core.parity_rows import passes
+from stages.report.choose import recommended, timed, with_modes, workload
 
 FAST = Path("reports/measured/vit_t-fast-mnn")  # the committed run the results and MNN findings quote
 BASE = Path("reports/baselines/vit_t")
