@@ -90,6 +90,16 @@ def test_cells_missing_or_failing_on_the_new_side_are_reported():
     assert set(rows["verdict"]) == {"same", "newly failing", "new in b"}
     same = rows[rows["verdict"] == "same"].iloc[0]
     assert "Mann-Whitney U, 3 vs 3 runs" in same["note"] and 0 <= same["confidence"] <= 1
+    # a cell the new side skipped is in no row of its own but in a row per reason: "not run in b", with the reason
+    reason = "skipped: mnn-fp16 is the same file as mnn-fp32 here (identical bytes): it computes exactly what ..."
+    collapsed = pd.DataFrame([{"component": "encoder decoder", "runtime": "mnn", "backend": "CPU",
+                               "artifact": "mnn-fp16 mnn-wint8", "precision": "normal", "mode": "default",
+                               "threads": 0, "points": 0, "out_h": 0, "out_w": 0, "cells": 4, "status": reason}])
+    table = compare_samples(base, new, {}, {}, 1.3, 0.99, collapsed)
+    fp16 = table[table["artifact"] == "mnn-fp16"].iloc[0]
+    assert fp16["verdict"] == "not run in b" and fp16["status"] == reason
+    assert compare_samples(base, new, {}, {}, 1.3, 0.99).set_index("artifact").loc["mnn-fp16", "verdict"] == \
+        "missing in b"  # without it: absent
 
 
 def test_a_base_ref_that_does_not_exist_is_named():

@@ -25,7 +25,14 @@ from stages.bench.remote import target_rows
 from stages.bench.skips import Candidates, SameFiles, Skips
 from stages.bench.tasks import bench
 from stages.config import load_sweep
-from stages.core.artifacts import SAMPLES_CSV, atomic_output, cached_file_sha256, file_sha256, machine
+from stages.core.artifacts import (
+    SAMPLES_CSV,
+    atomic_output,
+    cached_file_sha256,
+    file_sha256,
+    machine,
+    sidecars,
+)
 from stages.core.isolate import run_isolated
 from stages.core.names import SIM_ONNX, artifact_paths
 from stages.core.signals import deferred
@@ -131,7 +138,7 @@ def host_rows(inputs: BenchInputs) -> tuple[list[dict], list[dict]]:
             "runtime": cell.runtime, "backend": cell.backend, "precision": cell.precision,
             "threads": cell.threads, "component": cell.component, "workloads": loads,
             "encoder": str(art["encoder"]), "decoder": str(art["decoder"]), "feeds": str(feeds),
-            "timing": vars(sweep.timing), "root": str(ctx.root), "config": str(ctx.cfg.source), "options": opts,
+            "timing": vars(sweep.timing.share(sweep.processes)), "root": str(ctx.root), "config": str(ctx.cfg.source), "options": opts,
         }
         res = timed_processes(req, ctx.build / "logs" / f"bench-{cell.key.replace('/', '_')}.log", sweep)
         if not res.ok:
@@ -139,6 +146,8 @@ def host_rows(inputs: BenchInputs) -> tuple[list[dict], list[dict]]:
             rows.extend({**base, **w, "status": str(Status.failed(res.why))} for w in loads)
             continue
         r = res.result
+        if cell.runtime != "torch":
+            skip.same_files.add(cell, skip.shas(needed))
         if r.get("upsample"):  # what the runtime did: a decoder without low_res_masks runs its own resize
             base["upsample"] = r["upsample"]
         sha = ",".join(file_sha256(p)[:16] for p in needed) if cell.runtime != "torch" else ctx.weights
@@ -182,8 +191,12 @@ class NotTimed:
             twin = self.inputs.ctx.cfg.float_twin(cell.variant)
             why = self.candidates.why_twin(cell, twin if twin in self.mnn_variants else None, memory)
         if why is None and sweep.identical_settings == "skip" and cell.runtime != "torch":
-            why = self.same_files.why_same(cell, tuple(cached_file_sha256(p) for p in needed))
+            why = self.same_files.why_same(cell, self.shas(needed))
         return art, needed, why
+
+    @staticmethod
+    def shas(needed: list[Path]) -> tuple[str, ...]:
+        return tuple(cached_file_sha256(q) for p in needed for q in (p, *sidecars(p)))
 
 
 def timed_processes(req: dict, logfile, sweep):
@@ -202,7 +215,9 @@ def timed_processes(req: dict, logfile, sweep):
         own = {"processes": len(each), "process_p50_ms": " ".join(f"{e['p50_ms']:.1f}" for e in each)}
         if len(each) > 1:  # one process: its own statistics stand
             pooled = [ms for e in each for ms in e["samples_ms"]]
-            w.update(summarize([ms / 1000 for ms in pooled]), samples_ms=pooled, valid=all(e["valid"] for e in each))
+            w.update(summarize([ms / 1000 for ms in pooled]), samples_ms=pooled, valid=all(e["valid"] for e in each),
+                     stopped_by=next((e["stopped_by"] for e in each if e.get("stopped_by") == "budget"),
+                                     each[0].get("stopped_by")))  # one process at its budget: the cell was
         w.update(own)
     return first
 

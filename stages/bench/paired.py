@@ -1,12 +1,13 @@
-"""Same-process A/B comparisons (sweep `paired`): two variants of one component loaded in one child process and
-called alternately, in several fresh processes; reports/MODEL/paired.csv, one row per comparison and workload.
+"""Same-process A/B comparisons (sweep `paired`): two variants of one component (of one runtime, or MNN's against
+onnxruntime's: `b_runtime`) loaded in one child process and called alternately on the same inputs, in several fresh
+processes; reports/MODEL/paired.csv, one row per comparison and workload.
 
 Why: MNN's 2-thread decoder on this VM runs either fast or about 2x slower, per process and sometimes switching
 between workloads (one cell's processes spread up to 2.3x), so separate cells cannot show a difference of a few
 percent; the two calls of a pair run back to back and share whatever phase the process is in. A row's verdict
 needs both a sign test over the call pairs (b faster or slower in more untied pairs than chance, p < 0.01) and
 every process agreeing (its median ratio on the same side of 1): one disturbed process cannot make a verdict.
-Runs on the host only, on the runtime's first backend and precision in the sweep.
+Runs on the host only, each side on its runtime's first backend and precision in the sweep.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ P_MAX = 0.01  # the sign test's level for a verdict
 COLUMNS = ["model", "weights", "comparison", "component", "runtime", "backend", "precision", "mode", "threads", "a", "b", "points",
            "out_h", "out_w", "processes", "calls", "a_p50_ms", "b_p50_ms", "ratio_b_a", "ratio_p25", "ratio_p75",
            "b_faster_pairs", "ties", "pairs", "p_value", "process_ratios", "verdict", "upsample", "a_sha256", "b_sha256",
-           "runtime_version", "status", "machine_class", "cpu_flags"]
+           "runtime_version", "status", "machine_class", "cpu_flags", "b_runtime", "b_mode"]
 
 
 def paired_rows(inputs, feeds, flags: set[str]) -> list[dict]:
@@ -38,49 +39,67 @@ def paired_rows(inputs, feeds, flags: set[str]) -> list[dict]:
     threads = max(sweep.thread_counts())
     rows: list[dict] = []
     for pc in sweep.paired:
-        rs = sweep.runtimes[pc.runtime]
-        cells = {side: BenchCell(pc.component, pc.runtime, rs.backends[0], artifact_name(pc.runtime, v), v,
-                                 rs.precisions[0], threads, pc.mode) for side, v in (("a", pc.a), ("b", pc.b))}
-        name = f"{pc.component}/{pc.runtime}: {pc.b} vs {pc.a}" + ("" if pc.mode == "default" else f" ~{pc.mode}")
-        base, opts, _ = cell_base(inputs, cells["a"], flags)
-        head = {"model": ctx.cfg.name, "weights": ctx.weights, "comparison": name, "component": pc.component, "runtime": pc.runtime, "backend": rs.backends[0],
-                "precision": rs.precisions[0], "mode": pc.mode, "threads": threads, "a": pc.a, "b": pc.b,
-                "upsample": base["upsample"]}
+        cells, opts, upsample = {}, {}, {}
+        for side in ("a", "b"):
+            runtime, variant, mode = pc.side(side)
+            rs = sweep.runtimes[runtime]
+            cells[side] = BenchCell(pc.component, runtime, rs.backends[0], artifact_name(runtime, variant), variant,
+                                    rs.precisions[0], threads, mode)
+            base, opts[side], _ = cell_base(inputs, cells[side], flags)
+            upsample[side] = base["upsample"]
+        name = _name(pc)
+        a = cells["a"]
+        head = {"model": ctx.cfg.name, "weights": ctx.weights, "comparison": name, "component": pc.component,
+                "runtime": pc.runtime, "backend": a.backend, "precision": a.precision, "mode": pc.mode,
+                "threads": threads, "a": pc.a, "b": pc.b, "upsample": " ".join(dict.fromkeys(upsample.values())),
+                "b_runtime": cells["b"].runtime, "b_mode": cells["b"].mode}
         loads = workloads(sweep, pc.component, inputs.photo.shape[:2])
-        files, why = {}, RUNTIMES[pc.runtime].unavailable(rs.backends[0])  # never a number measured elsewhere
+        files, why = {}, None
         for side, cell in cells.items():
             art, needed, missing = inputs.needed(cell)
-            why = why or missing
+            why = why or RUNTIMES[cell.runtime].unavailable(cell.backend) or missing  # never a number from elsewhere
             files[side] = (art, needed)
         if why:
             rows.extend({**head, **_workload(w), "status": str(Status.skipped(why))} for w in loads)
             continue
-        req = {"runtime": pc.runtime, "backend": rs.backends[0], "precision": rs.precisions[0], "threads": threads,
+        req = {"runtime": pc.runtime, "backend": a.backend, "precision": a.precision, "threads": threads,
                "component": pc.component, "workloads": loads, "feeds": str(feeds), "warmup": sweep.timing.warmup,
-               "calls": pc.calls, "root": str(ctx.root), "config": str(ctx.cfg.source), "options": opts,
-               "sides": {side: {s.name: str(art[s.name]) for s in parts(pc.component)}
+               "calls": pc.calls, "root": str(ctx.root), "config": str(ctx.cfg.source),
+               "sides": {side: {"runtime": cells[side].runtime, "backend": cells[side].backend,
+                                "precision": cells[side].precision, "options": opts[side],
+                                **{s.name: str(art[s.name]) for s in parts(pc.component)}}
                          for side, (art, _) in files.items()}}
-        results, why = [], None
-        for i in range(sweep.processes):
-            res = run_isolated(paired, {**req, "b_first": i % 2 == 1},
-                               ctx.build / "logs" / f"bench-paired-{name.replace('/', '_').replace(' ', '')}.log",
-                               sweep.timeout_s)
-            if not res.ok:
-                why = res.why
-                break
-            results.append(res.result)
-        if why:
-            log.error("bench paired %s failed: %s", name, why)
-            rows.extend({**head, **_workload(w), "status": str(Status.failed(why))} for w in loads)
-            continue
-        sha = {f"{side}_sha256": ",".join(file_sha256(p)[:16] for p in needed) for side, (_, needed) in files.items()}
-        for i, w in enumerate(loads):
-            each = [r["workloads"][i] for r in results]
-            rows.append({**head, **_workload(w), **compare_calls([e["a_ms"] for e in each], [e["b_ms"] for e in each]),
-                         **sha, "runtime_version": results[0]["runtime_version"], "status": str(Status.ok())})
-            log.info("bench paired %s, %s: b/a %.3f (%s)", name, _workload(w), rows[-1]["ratio_b_a"],
-                     rows[-1]["verdict"])
+        rows.extend(_timed(inputs, pc, name, req, head, loads, files))
     return with_machine(rows)  # as every stage CSV row has them
+
+
+def _name(pc) -> str:
+    if not pc.b_runtime or pc.b_runtime == pc.runtime:
+        return f"{pc.component}/{pc.runtime}: {pc.b} vs {pc.a}" + ("" if pc.mode == "default" else f" ~{pc.mode}")
+    mode = {s: "" if m == "default" else f"~{m}" for s, m in (("a", pc.mode), ("b", pc.b_mode))}
+    return f"{pc.component}: {pc.b_runtime} {pc.b}{mode['b']} vs {pc.runtime} {pc.a}{mode['a']}"
+
+
+def _timed(inputs, pc, name: str, req: dict, head: dict, loads: list[dict], files: dict) -> list[dict]:
+    """The comparison in `processes` fresh processes (every other one loads b first): one row per workload."""
+    ctx, sweep = inputs.ctx, inputs.sweep
+    results = []
+    for i in range(sweep.processes):
+        res = run_isolated(paired, {**req, "b_first": i % 2 == 1},
+                           ctx.build / "logs" / f"bench-paired-{name.replace('/', '_').replace(' ', '')}.log",
+                           sweep.timeout_s)
+        if not res.ok:
+            log.error("bench paired %s failed: %s", name, res.why)
+            return [{**head, **_workload(w), "status": str(Status.failed(res.why))} for w in loads]
+        results.append(res.result)
+    sha = {f"{side}_sha256": ",".join(file_sha256(p)[:16] for p in needed) for side, (_, needed) in files.items()}
+    rows = []
+    for i, w in enumerate(loads):
+        each = [r["workloads"][i] for r in results]
+        rows.append({**head, **_workload(w), **compare_calls([e["a_ms"] for e in each], [e["b_ms"] for e in each]),
+                     **sha, "runtime_version": results[0]["runtime_version"], "status": str(Status.ok())})
+        log.info("bench paired %s, %s: b/a %.3f (%s)", name, _workload(w), rows[-1]["ratio_b_a"], rows[-1]["verdict"])
+    return rows
 
 
 def _workload(w: dict) -> dict:

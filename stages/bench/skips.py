@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from stages.core.artifacts import artifact_bytes
 from stages.core.parity_rows import passes, with_checked
 from stages.core.status import Status
 
 # the columns a collapsed row lists the values of (space-joined when its cells differ)
 LISTED = ("component", "artifact", "variant", "precision", "mode", "mode_options")
+MIXED = ("variant_kind", "compute_note", "fp16_compute", "int8_compute", "upsample")
 
 
 class Skips:
@@ -32,6 +34,8 @@ class Skips:
             row = {**bases[0], "status": status, "cells": len(bases), "points": 0, "out_size": [0, 0]}
             for col in LISTED:
                 row[col] = " ".join(dict.fromkeys(str(b.get(col, "")) for b in bases))
+            for col in MIXED:  # what the cells compute in: kept only when they all agree
+                row[col] = bases[0].get(col, "") if len({str(b.get(col, "")) for b in bases}) == 1 else ""
             threads = sorted({int(b["threads"]) for b in bases})
             row["threads"] = threads[0] if len(threads) == 1 else 0  # 0: every thread count listed in `cell`
             where = "" if target == "host" else f"@{target}"
@@ -87,7 +91,7 @@ class Candidates:
             return None
         p = self.parity
         p = p[(p["component"] == component) & (p["precision"] == precision) & (p["memory"] == memory) & p["passed"]]
-        sizes = {r.artifact: (self.root / str(r.artifact_path)).stat().st_size for r in p.itertuples()
+        sizes = {r.artifact: artifact_bytes(self.root / str(r.artifact_path)) for r in p.itertuples()
                  if (self.root / str(r.artifact_path)).is_file()
                  and passes(self.parity, r.artifact, precision, component, memory) is not None}
         return min(sizes, key=sizes.get) if sizes else None
@@ -96,6 +100,9 @@ class Candidates:
         """Why an MNN cell that stores its float twin's weights in fewer bits is not timed (None: it is)."""
         if self.parity is None or twin is None or memory == "low":
             return None  # memory low on int8 weights: dynamic int8, arithmetic of its own
+        p = self.parity
+        if not ((p["artifact"] == cell.artifact) & (p["precision"] == cell.precision) & (p["memory"] == memory)).any():
+            return None  # parity has no verdict on it: timed, as why_not times such cells
         if cell.artifact == self.smallest(cell.component, cell.precision, memory):
             return None
         return (f"stores mnn-{twin}'s weights in fewer bits, which MNN expands to fp32 at load: at memory {memory} it "
@@ -104,17 +111,24 @@ class Candidates:
 
 
 class SameFiles:
-    """A cell whose files are byte for byte those of a cell timed before it (same runtime, backend, component,
-    precision, mode, threads): the converter made the same file from two variants' options (an encoder has no
-    site for a decoder rewrite). It computes exactly what that cell does."""
+    """A cell whose files (side files included) are byte for byte those of a cell timed before it (same runtime,
+    backend, component, precision, mode, threads): the converter made the same file from two variants' options
+    (an encoder has no site for a decoder rewrite). It computes exactly what that cell does."""
 
     def __init__(self) -> None:
-        self.seen: dict[tuple, str] = {}
+        self.timed: dict[tuple, str] = {}
+
+    @staticmethod
+    def _key(cell, shas: tuple[str, ...]) -> tuple:
+        return (cell.runtime, cell.backend, cell.component, cell.precision, cell.mode, cell.threads, shas)
+
+    def add(self, cell, shas: tuple[str, ...]) -> None:
+        """`cell` was timed (its row has numbers)."""
+        self.timed.setdefault(self._key(cell, shas), cell.artifact)
 
     def why_same(self, cell, shas: tuple[str, ...]) -> str | None:
-        key = (cell.runtime, cell.backend, cell.component, cell.precision, cell.mode, cell.threads, shas)
-        first = self.seen.setdefault(key, cell.artifact)
-        if first == cell.artifact:
+        first = self.timed.get(self._key(cell, shas))
+        if first is None or first == cell.artifact:
             return None
         return (f"{cell.artifact} is the same file as {first} here (identical bytes): it computes exactly what "
                 f"{first} does; not timed twice (sweep option identical_settings: run times it)")

@@ -74,10 +74,11 @@ def paired(req: dict) -> dict:
     pairs of a process."""
     from stages.runtimes import RUNTIMES
 
-    cls = RUNTIMES[req["runtime"]]
     data = dict(np.load(req["feeds"]))
     order = ["b", "a"] if req["b_first"] else ["a", "b"]
-    models = {side: load_models(cls, {**req, **req["sides"][side]}) for side in order}
+    # each side its own runtime, backend, precision and options (MNN against onnxruntime), or the request's
+    cls = {side: RUNTIMES[req["sides"][side].get("runtime", req["runtime"])] for side in order}
+    models = {side: load_models(cls[side], {**req, **req["sides"][side]}) for side in order}
     results = []
     for w in req["workloads"]:
         fns = {side: workload(req["component"], *models[side], data, w) for side in order}
@@ -91,4 +92,4 @@ def paired(req: dict) -> dict:
                 fns[side]()
                 times[side].append(round((time.perf_counter() - t0) * 1000, 4))
         results.append({**w, "a_ms": times["a"], "b_ms": times["b"]})
-    return {"workloads": results, "runtime_version": cls.version()}
+    return {"workloads": results, "runtime_version": " ".join(dict.fromkeys(cls[s].version() for s in ("a", "b")))}

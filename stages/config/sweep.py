@@ -49,6 +49,16 @@ class PairedComparison:
     b: str
     mode: str = "default"  # a mode of runtimes.<runtime>.modes, for both sides
     calls: int = 20  # timed calls per side, per workload, per process (even: each side first in half the pairs)
+    # b's runtime when it is another (MNN against onnxruntime on the same inputs): its first backend and precision
+    # in the sweep, b_mode of its modes; None: both sides are `runtime`
+    b_runtime: str | None = None
+    b_mode: str = "default"
+
+    def side(self, which: str) -> tuple[str, str, str]:
+        """(runtime, variant, mode) of side a or b."""
+        if which == "a":
+            return self.runtime, self.a, self.mode
+        return (self.b_runtime, self.b, self.b_mode) if self.b_runtime else (self.runtime, self.b, self.mode)
 
 
 @schema
@@ -99,7 +109,10 @@ class SweepConfig:
             check_choice(f"paired[{i}].component", pc.component, COMPONENTS)
             check_choice(f"paired[{i}].runtime", pc.runtime, tuple(self.runtimes))
             check_choice(f"paired[{i}].mode", pc.mode, tuple(self.runtimes[pc.runtime].modes))
-            if pc.a == pc.b or pc.calls < 2 or pc.calls % 2:
+            if pc.b_runtime is not None:
+                check_choice(f"paired[{i}].b_runtime", pc.b_runtime, tuple(self.runtimes))
+                check_choice(f"paired[{i}].b_mode", pc.b_mode, tuple(self.runtimes[pc.b_runtime].modes))
+            if pc.side("a") == pc.side("b") or pc.calls < 2 or pc.calls % 2:
                 raise ValueError(f"paired[{i}]: a and b must differ and calls be even and >= 2, got a={pc.a!r} "
                                  f"b={pc.b!r} calls={pc.calls}")
         if isinstance(self.threads, str):

@@ -24,8 +24,10 @@ from stages.runtimes import identical_skip
 
 
 def cells(rows: pd.DataFrame) -> int:
-    """How many cells latency rows stand for: a collapsed skipped row its `cells`, any other row one."""
-    return int(rows["cells"].fillna(1).sum()) if "cells" in rows.columns else len(rows)
+    """How many cells latency rows stand for: a skipped row per reason its `cells`, other rows one per cell (a
+    decoder cell has a row per workload)."""
+    one = rows[rows["cells"].isna()] if "cells" in rows.columns else rows
+    return int(rows["cells"].sum() if "cells" in rows.columns else 0) + one["cell"].nunique()
 
 
 def what_computed(lat: pd.DataFrame, parity: pd.DataFrame | None, first) -> str:
@@ -182,12 +184,12 @@ def _parity(ctx, parity: pd.DataFrame | None) -> list[str]:
 
 
 def _not_run(lat: pd.DataFrame) -> list[str]:
-    notrun = lat[~timed(lat)].assign(cells=lambda d: d["cells"] if "cells" in d else 1).fillna({"cells": 1})
+    notrun = lat[~timed(lat)]
     out = [f"\n## Cells not run\n\n{cells(notrun)} of {cells(lat)} cells did not run (a skipped row stands for "
            f"the `cells` it covers):\n\n"]
     if not notrun.empty:
-        reasons = notrun.groupby("status").agg(cells=("cells", "sum"), example=("cell", "first")).reset_index()
-        reasons["cells"] = reasons["cells"].astype(int)
+        reasons = pd.DataFrame([{"cells": cells(g), "status": st, "example": g["cell"].iloc[0]}
+                                for st, g in notrun.groupby("status")])
         out.append(markdown_table(reasons[["cells", "status", "example"]]))
     return out
 
@@ -199,10 +201,11 @@ def _paired(ctx) -> list[str]:
     if df.empty:
         return []
     df = df.assign(workload=[workload(r) for _, r in df.iterrows()])
+    statement = _runtime_vs_runtime(df)
     cols = ["comparison", "workload", "threads", "a_p50_ms", "b_p50_ms", "ratio_b_a", "b_faster_pairs", "ties",
             "pairs", "p_value", "process_ratios", "verdict", "status"]
     df = df.reindex(columns=cols)
-    return ["\n## Same-process A/B\n\n"
+    return [*statement, "\n## Same-process A/B\n\n"
             "Each comparison loads both variants in one process and alternates their calls, in several fresh "
             "processes (paired.csv). `ratio_b_a` is the median of b / a over call pairs; a verdict needs the sign "
             "test (p < 0.01, ties dropped) and every process's median ratio on the same side of 1; it is not the "
@@ -211,6 +214,21 @@ def _paired(ctx) -> list[str]:
                            .astype({"b_faster_pairs": "Int64", "ties": "Int64", "pairs": "Int64"})
                            .assign(p_value=[f"{v:.2g}" if v == v else "" for v in df["p_value"]])
                            .astype(object).fillna(""))]
+
+
+def _runtime_vs_runtime(df: pd.DataFrame) -> list[str]:
+    """The "MNN vs onnxruntime" statement: only from same-process comparisons of the two runtimes, on this run's
+    machine class (another class's run says its own)."""
+    if "b_runtime" not in df.columns:
+        return []
+    mixed = df[(df["b_runtime"].notna()) & (df["b_runtime"] != df["runtime"]) & (df["status"] == "ok")]
+    if mixed.empty:
+        return []
+    lines = [f"- {r['comparison']}, {r['workload']}, {int(r['threads'])} threads: b / a {r['ratio_b_a']:.3f} "
+             f"({r['verdict']}, p {r['p_value']:.2g})" for _, r in mixed.iterrows()]
+    return [f"\n## MNN against onnxruntime on this machine ({mixed['machine_class'].iloc[0]})\n\n"
+            "Same inputs, calls alternated in one process (paired.csv); a verdict holds for this machine class "
+            "only:\n\n" + "\n".join(lines) + "\n"]
 
 
 def summary_markdown(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None, plots: dict[str, Path]) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from stages.core.status import OK, Status, has_kind, is_failed, is_skipped
-from stages.tools.cells import LAT_KEY, _key
+from stages.tools.cells import LAT_KEY, _key, covering_status
 
 SAME_INPUTS = "same inputs: not re-timed"  # the verdict of a cell whose timed inputs are equal on both sides
 INPUTS = ["inputs_base", "inputs_new", "inputs_changed"]  # ab.csv: each side's fingerprint, and what differs
@@ -79,15 +79,16 @@ def _rounds(b: pd.DataFrame, n: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarr
 
 
 def compare_samples(base: pd.DataFrame, new: pd.DataFrame, base_status: dict[str, str], new_status: dict[str, str],
-                    factor: float, confidence: float) -> pd.DataFrame:
-    """One row per cell timed on either side."""
+                    factor: float, confidence: float, new_latency: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per cell timed on either side (a cell the new side skipped in a collapsed row of `new_latency` is
+    "not run in b" with that row's reason)."""
     base, new = base.assign(key=_keys(base)), new.assign(key=_keys(new))
     rows = []
     for key in dict.fromkeys([*base["key"], *new["key"]]):
         b, n = base[base["key"] == key], new[new["key"] == key]
         row = {"cell": key, **{k: (b if len(b) else n).iloc[0][k] for k in LAT_KEY}}
         if not len(n):
-            st = new_status.get(key, "absent")
+            st = new_status.get(key) or covering_status(new_latency, row) or "absent"
             verdict = ("newly failing" if is_failed(st) else
                        "not run in b" if is_skipped(st) else "missing in b")  # skipped: the row says why
             rows.append({**row, "base_p50_ms": float(b["ms"].median()), "status": st, "verdict": verdict})

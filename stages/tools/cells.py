@@ -43,6 +43,22 @@ def _key(df: pd.DataFrame, cols: list[str], drop: set[str]) -> pd.Series:
     return key
 
 
+# the columns a collapsed skipped row of latency.csv lists its cells' values in (space-joined; stages/bench/skips.py)
+LISTED = ("component", "runtime", "backend", "artifact", "precision", "mode")
+
+
+def covering_status(lat: pd.DataFrame | None, row) -> str | None:
+    """The status of the skipped row of `lat` that stands for `row`'s cell (a row per reason, `cells` > 1: the
+    values it lists, `threads` 0 for several), or None. A cell the bench did not time has no row of its own."""
+    if lat is None or "cells" not in lat.columns:
+        return None
+    for _, s in lat[lat["cells"].notna()].iterrows():
+        if all(str(row.get(c)) in str(s[c]).split() for c in LISTED) and int(s["threads"]) in (0, int(row["threads"])):
+            if str(s.get("target", "host")) == str(row.get("target", "host")):
+                return str(s["status"])
+    return None
+
+
 def int8_kernels(row: pd.Series) -> str:
     """The int8 kernels a parity row's int8 arithmetic ran on, where the runtime says they change the result
     (onnxruntime on x86: VNNI or saturating AVX2); "" for float rows and kernel-independent runtimes. Rows from

@@ -18,7 +18,7 @@ from stages.config import CONFIG_DIR, load_typed, read_yaml
 from stages.core.artifacts import atomic_output, write_csv
 from stages.core.errors import PipelineError
 from stages.core.status import OK, has_kind, is_failed, is_skipped
-from stages.tools.cells import LAT_KEY, PAR_KEY, _key, int8_kernels, pick, read_report
+from stages.tools.cells import LAT_KEY, PAR_KEY, _key, covering_status, int8_kernels, pick, read_report
 
 HIGHER_IS_BETTER = {"cosine": True, "mask_iou": True, "logits_within_tol": True, "rel_l2": False,
                     "iou_pred_abs": False}
@@ -227,7 +227,7 @@ def _compare_latency(a, b, gate: CompareGate, drop) -> list[dict]:
             rows.append({"kind": "latency", "cell": cell, "metric": "p50", "verdict": "new in b"})
             continue
         if rb is None:
-            st = status_b.get(cell, "absent")
+            st = status_b.get(cell) or covering_status(b, ra) or "absent"  # a skipped cell: its reason row
             rows.append({"kind": "latency", "cell": cell, "metric": "p50", "a": ra["p50_ms"],
                          "verdict": "newly failing" if is_failed(st) else "missing in b", "note": st})
             continue

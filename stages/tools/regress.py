@@ -205,6 +205,7 @@ def ab_latency(new: Side, base: Side, model: str, sweep: tuple[str, Path], gate,
     new_sweep, base_sweep = sweep
     run_side(base, model, base_sweep, base_stages, logs)
     cells = _latency(new.reports(name))  # the new side's own run: every cell of the sweep
+    cells = cells[has_kind(cells["status"], OK)]  # a cell skipped (a row per reason) is timed on neither side
     cells = cells.assign(**fingerprints(cells, *(timed_inputs(s.tree, s.root, model, name, Path(base_sweep))
                                                   for s in (base, new))))
     changed = cells["inputs_base"] != cells["inputs_new"]
@@ -243,7 +244,7 @@ def _rounds(new: Side, base: Side, model: str, sweeps: tuple, gate, name: str, o
         pooled[which].append(samples_of(lat, reports).assign(round=rnd))
         last[which] = lat
     return compare_samples(pd.concat(pooled["base"]), pd.concat(pooled["new"]), status_of(last["base"]),
-                           status_of(last["new"]), gate.factor, gate.confidence)
+                           status_of(last["new"]), gate.factor, gate.confidence, last["new"])
 
 
 def restricted_sweep(source: Path, cells: pd.DataFrame, dest: Path) -> str:

@@ -78,7 +78,7 @@ def results(root: Path, arg: str = "") -> str:
     )
     # sizes come from convert.csv, never from files on this machine: the pick is recommended.csv's rule
     rec = recommended(lat, par, Path(os.devnull))
-    rec = rec[rec["pick"] == "fastest"]
+    rec = rec[(rec["pick"] == "fastest") & (rec["threads"] == rec["threads"].max())]  # the run's top thread count
     ort = {r.component: r for r in rec[rec["runtime"] == "onnxruntime"].itertuples()}
     rows = []
     for r in rec[rec["runtime"] == "mnn"].itertuples():
