@@ -163,6 +163,29 @@ def test_recommended_is_the_fastest_that_passes_parity():
     assert recommended(lat, parity).iloc[-1]["artifact"] == "mnn-slow"
 
 
+def _pair(a, b, verdict, **kw):
+    return {"comparison": f"encoder/mnn: {b} vs {a}", "component": "encoder", "runtime": "mnn", "precision": "normal",
+            "mode": "default", "threads": 2, "a": a, "b": b, "verdict": verdict, "status": "ok", **kw}
+
+
+def test_a_same_process_ab_overrules_the_p50_ranking():
+    lat = pd.DataFrame([_lat(artifact="mnn-p50", variant="p50", p50_ms=20.0),
+                        _lat(artifact="mnn-ab", variant="ab", p50_ms=20.5),
+                        _lat(artifact="mnn-fails", variant="fails", p50_ms=30.0)])
+    parity = pd.DataFrame([_par(a, c, a != "mnn-fails") for a in ("mnn-p50", "mnn-ab", "mnn-fails")
+                           for c in ("encoder", "e2e")])
+    assert recommended(lat, parity).iloc[0][["artifact", "chosen_by"]].tolist() == ["mnn-p50", "p50"]
+    # proven on every workload, either way round: the A/B's winner is the pick, and the row says why
+    for pair in (_pair("p50", "ab", "b faster"), _pair("ab", "p50", "b slower")):
+        rec = recommended(lat, parity, paired=pd.DataFrame([pair, {**pair, "points": 1}])).iloc[0]
+        assert (rec["artifact"], rec["chosen_by"]) == ("mnn-ab", f"A/B: {pair['comparison']}")
+    # not proven: no verdict on one workload, another mode or thread count, two runtimes, a variant failing parity
+    for rows in ([_pair("p50", "ab", "b faster"), _pair("p50", "ab", "no difference shown", points=1)],
+                 [_pair("p50", "ab", "b faster", mode="fixed")], [_pair("p50", "ab", "b faster", threads=1)],
+                 [_pair("p50", "ab", "b faster", b_runtime="onnxruntime")], [_pair("p50", "fails", "b faster")]):
+        assert recommended(lat, parity, paired=pd.DataFrame(rows)).iloc[0]["artifact"] == "mnn-p50", rows
+
+
 def test_smallest_pick_and_memory_low_cells_match_their_own_parity_rows(tmp_path):
     for name, mb in (("big", 3), ("small", 1)):
         (tmp_path / f"{name}.mnn").write_bytes(b"x" * mb * 1_000_000)

@@ -99,3 +99,12 @@ def test_a_model_given_as_the_other_component_is_named(tiny_run, swap):
     with pytest.raises(PipelineError, match=rf"{wrong}.fp32.mnn is not a SAM {swap}: it takes .* "
                                             rf"It looks like the {wrong}: pass it as --{wrong}"):
         MnnSamPredictor(*args, threads=1)
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_onnxruntime_spinning_reaches_its_session(tiny_run, spinning):
+    rt = OrtRuntime(tiny_run[0] / "build" / "tiny_vit_t" / "onnx" / "decoder.sim.onnx", spinning=spinning)
+    opts = rt.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spinning else "0")
+    assert OrtRuntime.shares_process_why({"spinning": spinning}) is None if not spinning else "spin" in \
+        OrtRuntime.shares_process_why({})

@@ -44,9 +44,14 @@ def test_bad_paired_entries_are_named(tmp_path):
                           ({"component": "decoder", "runtime": "mnn", "a": "fp32", "b": "fp16", "mode": "fast"},
                            r"paired\[0\]\.mode: 'fast' is not one of default"),
                           ({"component": "decoder", "runtime": "mnn", "a": "fp32", "b": "onnx-sim",
-                            "b_runtime": "onnxruntime"}, r"paired\[0\]\.b_runtime: 'onnxruntime' is not one of mnn")]:
+                            "b_runtime": "onnxruntime"}, r"paired\[0\]\.b_runtime: 'onnxruntime' is not one of mnn"),
+                          # onnxruntime's spinning threads would take the cores from MNN's next call
+                          ({"component": "decoder", "runtime": "mnn", "a": "fp32", "b": "onnx-sim",
+                            "b_runtime": "onnxruntime", "b_mode": "default"},
+                           r"paired\[0\]\.b_mode 'default' \(onnxruntime\): onnxruntime's intra-op threads spin")]:
         path = tmp_path / "sweep.yaml"
-        path.write_text(json.dumps({**base, "paired": [paired]}))
+        runtimes = {**base["runtimes"], "onnxruntime": {"backends": ["CPUExecutionProvider"], "variants": ["onnx-sim"]}}
+        path.write_text(json.dumps({"runtimes": runtimes if "spin" in match else base["runtimes"], "paired": [paired]}))
         with pytest.raises(ConfigError, match=match) as e:
             load_sweep(str(path))
         assert str(path) in str(e.value)
@@ -58,25 +63,27 @@ def test_a_paired_comparison_is_measured_and_reported(tiny_run, tmp_path):
     sweep.write_text(json.dumps({
         "components": ["decoder"], "decoder": {"points": [1, 3], "out_sizes": [[300, 451]]},
         "runtimes": {"mnn": {"backends": ["CPU"], "variants": ["fp32"], "precisions": ["normal"]},
-                     "onnxruntime": {"backends": ["CPUExecutionProvider"], "variants": ["onnx-sim"]}},
+                     "onnxruntime": {"backends": ["CPUExecutionProvider"], "variants": ["onnx-sim"],
+                                     "modes": {"default": {}, "no-spin": {"spinning": False}}}},
         "threads": [1], "processes": 2, "timing": {"warmup": 1, "min_runs": 2, "min_seconds": 0.0, "max_seconds": 5},
         "roofline": {"matmul_n": 128, "min_seconds": 0.01},
         "paired": [{"component": "decoder", "runtime": "mnn", "a": "fp32-lean", "b": "fp32-lean-t", "calls": 6},
                    {"component": "decoder", "runtime": "mnn", "a": "fp32", "b": "no-such-variant", "calls": 6},
-                   {"component": "decoder", "runtime": "onnxruntime", "a": "onnx-sim", "b_runtime": "mnn",
+                   {"component": "decoder", "runtime": "onnxruntime", "mode": "no-spin", "a": "onnx-sim", "b_runtime": "mnn",
                     "b": "fp32-lean", "calls": 6}]}))
     cfg = load_model_config(str(write_config(tmp_path / "tiny_vit_t.yaml", **{"bench.sweep": str(sweep)})))
     assert statuses(run_pipeline(cfg, root, targets=["bench", "report"]))["bench"] == "ran"
     summary = (root / "reports" / cfg.name / "summary.md").read_text()
     assert "## Same-process A/B" in summary and "decoder/mnn: fp32-lean-t vs fp32-lean" in summary
     assert "## MNN against onnxruntime on this machine (" in summary  # from the mixed comparison only
-    assert "- decoder: mnn fp32-lean vs onnxruntime onnx-sim, 1 pt -> 300x451, 1 threads: b / a" in summary
+    assert "- decoder: mnn fp32-lean vs onnxruntime onnx-sim~no-spin, 1 pt -> 300x451, 1 threads: b / a" in summary
     df = pd.read_csv(root / "reports" / cfg.name / "paired.csv")
     # MNN against onnxruntime on the same inputs, in one process: each side its own runtime and masks
     mixed = df[df["b_runtime"] == "mnn"]
     mixed = mixed[mixed["runtime"] == "onnxruntime"]
     assert len(mixed) == 2 and (mixed["status"] == "ok").all() and (mixed["pairs"] == 12).all()
-    assert (mixed["comparison"] == "decoder: mnn fp32-lean vs onnxruntime onnx-sim").all()
+    assert (mixed["comparison"] == "decoder: mnn fp32-lean vs onnxruntime onnx-sim~no-spin").all()
+    assert (mixed["mode"] == "no-spin").all() and (mixed["b_mode"] == "default").all()
     assert (mixed["upsample"] == "graph fp32").all() and mixed["runtime_version"].str.contains(" ").all()
     ok, missing = df[df["b"] == "fp32-lean-t"], df[df["b"] == "no-such-variant"]
     assert len(ok) == 2 and sorted(ok["points"]) == [1, 3] and (ok["status"] == "ok").all()

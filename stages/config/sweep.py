@@ -112,6 +112,11 @@ class SweepConfig:
             if pc.b_runtime is not None:
                 check_choice(f"paired[{i}].b_runtime", pc.b_runtime, tuple(self.runtimes))
                 check_choice(f"paired[{i}].b_mode", pc.b_mode, tuple(self.runtimes[pc.b_runtime].modes))
+                if pc.b_runtime not in (None, pc.runtime):
+                    for side, (rt, _, mode) in (("mode", pc.side("a")), ("b_mode", pc.side("b"))):
+                        why = RUNTIMES[rt].shares_process_why(self.runtimes[rt].modes[mode])
+                        if why:
+                            raise ValueError(f"paired[{i}].{side} {mode!r} ({rt}): {why}")
             if pc.side("a") == pc.side("b") or pc.calls < 2 or pc.calls % 2:
                 raise ValueError(f"paired[{i}]: a and b must differ and calls be even and >= 2, got a={pc.a!r} "
                                  f"b={pc.b!r} calls={pc.calls}")

@@ -15,7 +15,7 @@ import pandas as pd
 from stages.core.artifacts import atomic_output
 from stages.core.status import Status
 from stages.report import targets as report_targets
-from stages.report.choose import recommended, variant_points, with_modes
+from stages.report.choose import read_paired, recommended, variant_points, with_modes
 from stages.report.plots import plot_pareto, plot_threads, plot_variants
 from stages.report.summary import summary_markdown
 
@@ -39,7 +39,7 @@ def run(ctx) -> list[dict]:
     plot_pareto(lat, parity, plots["pareto"])
     plot_variants(variant_points(lat, parity, ctx.root), plots["variants"], lat["threads"].max())
     rec_path = ctx.reports / "recommended.csv"
-    rec = recommended(lat, parity, ctx.root)
+    rec = recommended(lat, parity, ctx.root, read_paired(ctx.reports))
     with atomic_output(rec_path) as tmp:
         rec.to_csv(tmp, index=False)
     summary = ctx.reports / "summary.md"

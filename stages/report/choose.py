@@ -133,11 +133,37 @@ def _passing(g: pd.DataFrame, parity, component: str, runtime: str, root: Path) 
     return out
 
 
-def recommended(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path = Path(".")) -> pd.DataFrame:
+def read_paired(reports: Path) -> pd.DataFrame | None:
+    """The bench's same-process A/B rows (paired.csv) of a reports folder; None when it wrote none."""
+    path = reports / "paired.csv"
+    return pd.read_csv(path) if path.is_file() and path.stat().st_size else None
+
+
+def _proven_faster(paired: pd.DataFrame | None, x: dict, y: dict) -> str | None:
+    """The comparison of paired.csv that proves passing cell `y` faster than `x` (same component, runtime,
+    precision, mode and threads; its verdict on every workload it timed), else None."""
+    if paired is None or paired.empty or x["mode"] != y["mode"] or x["precision"] != y["precision"]:
+        return None
+    p = paired[(paired["component"] == x["component"]) & (paired["runtime"] == x["runtime"])
+               & (paired["threads"] == x["threads"]) & (paired["mode"] == x["mode"])
+               & (paired["precision"] == x["precision"])]
+    if "b_runtime" in p.columns:  # a pair of two runtimes ranks runtimes, not variants
+        p = p[p["b_runtime"].isna() | (p["b_runtime"] == x["runtime"])]
+    for (a, b), g in p.groupby(["a", "b"]):
+        want = {(x["variant"], y["variant"]): "b faster", (y["variant"], x["variant"]): "b slower"}.get((a, b))
+        if want and (g["status"] == "ok").all() and (g["verdict"] == want).all():
+            return str(g["comparison"].iloc[0])
+    return None
+
+
+def recommended(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path = Path("."),
+                paired: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per component, thread count (1 and the highest swept) and runtime: the fastest benchmarked cell whose
     artifact passes parity (its own component and end to end, at the memory mode it was timed in), for the decoder
     at the heaviest workload (pick `fastest`); for MNN also the smallest passing file (pick `smallest`, the fastest
-    cell of that file). The highest thread count's rows come last (what `make segment` loads)."""
+    cell of that file). A passing cell that a same-process A/B (`paired`, the bench's paired.csv) proves faster
+    than the p50's pick replaces it; `chosen_by` says which decided. The highest thread count's rows come last
+    (what `make segment` loads)."""
     lat = with_modes(lat)
     ok = lat[timed(lat) & lat["component"].isin(["encoder", "decoder"]) & on_cpu(lat)]
     rows = []
@@ -151,11 +177,19 @@ def recommended(lat: pd.DataFrame, parity: pd.DataFrame | None, root: Path = Pat
             passing = [] if runtime == "torch" else _passing(g, parity, component, runtime, root)
             if not passing:
                 continue
-            rows.append({"pick": "fastest", **passing[0]})
+            best, why = passing[0], "p50"
+            for _ in passing:  # follow proofs; bounded, so contradictory rows cannot loop
+                better = next(((y, c) for y in passing if y is not best and (c := _proven_faster(paired, best, y))),
+                              None)
+                if better is None:
+                    break
+                best, why = better[0], f"A/B: {better[1]}"
+            rows.append({"pick": "fastest", **best, "chosen_by": why})
             if runtime == "mnn":  # the smallest file that passes, in its fastest passing cell
                 sized = [x for x in passing if x["size_mb"] == x["size_mb"]]  # NaN: the file is gone
                 if sized:
-                    rows.append({"pick": "smallest", **min(sized, key=lambda x: (x["size_mb"], x["p50_ms"]))})
+                    rows.append({"pick": "smallest", **min(sized, key=lambda x: (x["size_mb"], x["p50_ms"])),
+                                 "chosen_by": "size"})
     return pd.DataFrame(rows)
 
 

@@ -14,6 +14,7 @@ from stages.report.choose import (
     int8_table,
     pareto_points,
     parity_verdicts,
+    read_paired,
     recommended,
     timed,
     variant_points,
@@ -132,7 +133,7 @@ def _choices(ctx, lat: pd.DataFrame, parity: pd.DataFrame | None) -> list[str]:
            "Per component, thread count (1 and the highest swept) and runtime; for MNN also the smallest passing "
            f"file (reports/{ctx.cfg.name}/recommended.csv; `make segment` loads the MNN rows' files and options "
            "at the highest thread count).\n\n"]
-    rec = recommended(lat, parity, ctx.root).drop(columns=["path", "candidates", "variant"], errors="ignore")
+    rec = recommended(lat, parity, ctx.root, read_paired(ctx.reports)).drop(columns=["path", "candidates", "variant"], errors="ignore")
     out.append(markdown_table(rec.round({"cosine": 6, "mask_iou": 4, "e2e_mask_iou": 4}).astype(object).fillna("")))
     int8 = int8_table(lat, parity, ctx.cfg.quantize.variants, ctx.root)
     if not int8.empty:
@@ -196,9 +197,8 @@ def _not_run(lat: pd.DataFrame) -> list[str]:
 
 def _paired(ctx) -> list[str]:
     """The sweep's same-process A/B comparisons (bench: paired.csv), when it had any."""
-    path = ctx.reports / "paired.csv"
-    df = pd.read_csv(path) if path.exists() else pd.DataFrame()
-    if df.empty:
+    df = read_paired(ctx.reports)
+    if df is None or df.empty:
         return []
     df = df.assign(workload=[workload(r) for _, r in df.iterrows()])
     statement = _runtime_vs_runtime(df)

@@ -91,6 +91,13 @@ class Runtime:
                 raise ValueError(f"{where}.{k}: {v!r} is not one of {', '.join(map(str, cls.mode_options[k]))}")
 
     @classmethod
+    def shares_process_why(cls, opts: dict) -> str | None:
+        """None when this runtime, loaded with mode options `opts`, leaves the cores free between its calls, so
+        another runtime's calls alternated with it in one process (the bench's paired mode) are timed fairly;
+        else why not."""
+        return None
+
+    @classmethod
     def unavailable(cls, backend: str) -> str | None:
         """None when `backend` can run here, else why not."""
         return None

@@ -24,9 +24,12 @@ class OrtRuntime(Runtime):
     backends = ORT_PROVIDERS
     cpu_backend = "CPUExecutionProvider"
     fixed_precision = "fp32"  # onnxruntime runs the graph's own (float) types: parity names its rows fp32
+    # spinning: the intra-op pool's threads spin after each parallel section before they sleep
+    # (session.intra_op.allow_spinning; onnxruntime's default is on)
+    mode_options = {"spinning": (True, False)}
 
     def __init__(self, path: Path, threads: int = 1, precision: str = "fp32",
-                 backend: str = "CPUExecutionProvider", profile_prefix: str = "", **_):
+                 backend: str = "CPUExecutionProvider", profile_prefix: str = "", spinning: bool = True, **_):
         """profile_prefix: run with onnxruntime's profiler on, its trace written to files with this prefix."""
         import onnxruntime as ort
 
@@ -37,6 +40,7 @@ class OrtRuntime(Runtime):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if profile_prefix:
             opts.enable_profiling = True
             opts.profile_file_prefix = profile_prefix
@@ -54,6 +58,14 @@ class OrtRuntime(Runtime):
     @classmethod
     def version(cls) -> str:
         return importlib.metadata.version("onnxruntime")
+
+    @classmethod
+    def shares_process_why(cls, opts: dict) -> str | None:
+        if opts.get("spinning", True):
+            return ("onnxruntime's intra-op threads spin after each call and take the cores from the next call of "
+                    "the other runtime in the same process (measured: docs/findings/2026-12-07-ort-spinning.md); "
+                    "give onnxruntime a mode with spinning: false for this comparison")
+        return None
 
     @classmethod
     def profile(cls, path: Path, feeds: dict[str, np.ndarray], threads: int, runs: int, scratch: Path) -> OpTimes:

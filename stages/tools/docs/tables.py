@@ -77,7 +77,7 @@ def results(root: Path, arg: str = "") -> str:
         csv(root, FAST / "convert.csv"),
     )
     # sizes come from convert.csv, never from files on this machine: the pick is recommended.csv's rule
-    rec = recommended(lat, par, Path(os.devnull))
+    rec = recommended(lat, par, Path(os.devnull), csv(root, FAST / "paired.csv"))
     rec = rec[(rec["pick"] == "fastest") & (rec["threads"] == rec["threads"].max())]  # the run's top thread count
     ort = {r.component: r for r in rec[rec["runtime"] == "onnxruntime"].itertuples()}
     rows = []
