@@ -102,3 +102,42 @@ def test_a_paired_comparison_is_measured_and_reported(tiny_run, tmp_path):
     df = pd.read_csv(root / "reports" / cfg.name / "paired.csv")
     assert len(df) == 2 and {"ratio_b_a", "p_value", "verdict"} <= set(df.columns) and df["verdict"].isna().all()
     assert "no-such-variant vs fp32" in (root / "reports" / cfg.name / "summary.md").read_text()
+
+
+PLANT = '''import os, sys, time
+sys.path.insert(0, {root!r})
+from stages.runtimes import {cls} as _cls
+_run = _cls.run
+def _slow(self, feeds):
+    time.sleep(0.02)  # planted: 20 ms more per call of this runtime (tiny decoder calls take about 1 ms)
+    return _run(self, feeds)
+_cls.run = _slow
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("slowed, verdict", [("OrtRuntime", "b faster"), ("MnnRuntime", "b slower")])
+def test_a_planted_slowdown_in_one_runtime_decides_the_mixed_pair(tiny_run, tmp_path, monkeypatch, slowed, verdict):
+    """MNN (b) against onnxruntime (a) in one process: the runtime whose calls are slowed loses on every workload."""
+    from conftest import ROOT_DIR
+
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    (plant / "sitecustomize.py").write_text(PLANT.format(root=str(ROOT_DIR), cls=slowed))
+    monkeypatch.setenv("PYTHONPATH", str(plant))  # the bench's timing processes start with it
+    root = copy_build(tiny_run[0], tmp_path / "root")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(json.dumps({
+        "components": ["decoder"], "decoder": {"points": [1, 3], "out_sizes": [[300, 451]]},
+        "runtimes": {"mnn": {"backends": ["CPU"], "variants": ["fp32"], "precisions": ["normal"]},
+                     "onnxruntime": {"backends": ["CPUExecutionProvider"], "variants": ["onnx-sim"],
+                                     "modes": {"no-spin": {"spinning": False}}}},
+        "threads": [1], "processes": 2, "timing": {"warmup": 1, "min_runs": 2, "min_seconds": 0.0, "max_seconds": 5},
+        "roofline": {"matmul_n": 128, "min_seconds": 0.01},
+        "paired": [{"component": "decoder", "runtime": "onnxruntime", "mode": "no-spin", "a": "onnx-sim",
+                    "b_runtime": "mnn", "b": "fp32-lean", "calls": 12}]}))
+    cfg = load_model_config(str(write_config(tmp_path / "tiny_vit_t.yaml", **{"bench.sweep": str(sweep)})))
+    assert statuses(run_pipeline(cfg, root, targets=["bench"]))["bench"] == "ran"
+    df = pd.read_csv(root / "reports" / cfg.name / "paired.csv")
+    assert len(df) == 2 and (df["status"] == "ok").all(), df["status"].tolist()
+    assert (df["verdict"] == verdict).all(), df[["ratio_b_a", "p_value", "process_ratios", "verdict"]]
