@@ -57,8 +57,8 @@ def test_bad_paired_entries_are_named(tmp_path):
         assert str(path) in str(e.value)
 
 
-def test_a_paired_comparison_is_measured_and_reported(tiny_run, tmp_path):
-    root = copy_build(tiny_run[0], tmp_path / "root")
+def _tiny_sweep(tmp_path, paired: list[dict]):
+    """The tiny decoder's sweep (MNN fp32, onnxruntime with a no-spin mode) with `paired`, and its model config."""
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(json.dumps({
         "components": ["decoder"], "decoder": {"points": [1, 3], "out_sizes": [[300, 451]]},
@@ -66,12 +66,17 @@ def test_a_paired_comparison_is_measured_and_reported(tiny_run, tmp_path):
                      "onnxruntime": {"backends": ["CPUExecutionProvider"], "variants": ["onnx-sim"],
                                      "modes": {"default": {}, "no-spin": {"spinning": False}}}},
         "threads": [1], "processes": 2, "timing": {"warmup": 1, "min_runs": 2, "min_seconds": 0.0, "max_seconds": 5},
-        "roofline": {"matmul_n": 128, "min_seconds": 0.01},
-        "paired": [{"component": "decoder", "runtime": "mnn", "a": "fp32-lean", "b": "fp32-lean-t", "calls": 6},
-                   {"component": "decoder", "runtime": "mnn", "a": "fp32", "b": "no-such-variant", "calls": 6},
-                   {"component": "decoder", "runtime": "onnxruntime", "mode": "no-spin", "a": "onnx-sim", "b_runtime": "mnn",
-                    "b": "fp32-lean", "calls": 6}]}))
-    cfg = load_model_config(str(write_config(tmp_path / "tiny_vit_t.yaml", **{"bench.sweep": str(sweep)})))
+        "roofline": {"matmul_n": 128, "min_seconds": 0.01}, "paired": paired}))
+    return sweep, load_model_config(str(write_config(tmp_path / "tiny_vit_t.yaml", **{"bench.sweep": str(sweep)})))
+
+
+def test_a_paired_comparison_is_measured_and_reported(tiny_run, tmp_path):
+    root = copy_build(tiny_run[0], tmp_path / "root")
+    sweep, cfg = _tiny_sweep(tmp_path, [
+        {"component": "decoder", "runtime": "mnn", "a": "fp32-lean", "b": "fp32-lean-t", "calls": 6},
+        {"component": "decoder", "runtime": "mnn", "a": "fp32", "b": "no-such-variant", "calls": 6},
+        {"component": "decoder", "runtime": "onnxruntime", "mode": "no-spin", "a": "onnx-sim", "b_runtime": "mnn",
+         "b": "fp32-lean", "calls": 6}])
     assert statuses(run_pipeline(cfg, root, targets=["bench", "report"]))["bench"] == "ran"
     summary = (root / "reports" / cfg.name / "summary.md").read_text()
     assert "## Same-process A/B" in summary and "decoder/mnn: fp32-lean-t vs fp32-lean" in summary
@@ -126,17 +131,8 @@ def test_a_planted_slowdown_in_one_runtime_decides_the_mixed_pair(tiny_run, tmp_
     (plant / "sitecustomize.py").write_text(PLANT.format(root=str(ROOT_DIR), cls=slowed))
     monkeypatch.setenv("PYTHONPATH", str(plant))  # the bench's timing processes start with it
     root = copy_build(tiny_run[0], tmp_path / "root")
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(json.dumps({
-        "components": ["decoder"], "decoder": {"points": [1, 3], "out_sizes": [[300, 451]]},
-        "runtimes": {"mnn": {"backends": ["CPU"], "variants": ["fp32"], "precisions": ["normal"]},
-                     "onnxruntime": {"backends": ["CPUExecutionProvider"], "variants": ["onnx-sim"],
-                                     "modes": {"no-spin": {"spinning": False}}}},
-        "threads": [1], "processes": 2, "timing": {"warmup": 1, "min_runs": 2, "min_seconds": 0.0, "max_seconds": 5},
-        "roofline": {"matmul_n": 128, "min_seconds": 0.01},
-        "paired": [{"component": "decoder", "runtime": "onnxruntime", "mode": "no-spin", "a": "onnx-sim",
-                    "b_runtime": "mnn", "b": "fp32-lean", "calls": 12}]}))
-    cfg = load_model_config(str(write_config(tmp_path / "tiny_vit_t.yaml", **{"bench.sweep": str(sweep)})))
+    _, cfg = _tiny_sweep(tmp_path, [{"component": "decoder", "runtime": "onnxruntime", "mode": "no-spin",
+                                     "a": "onnx-sim", "b_runtime": "mnn", "b": "fp32-lean", "calls": 12}])
     assert statuses(run_pipeline(cfg, root, targets=["bench"]))["bench"] == "ran"
     df = pd.read_csv(root / "reports" / cfg.name / "paired.csv")
     assert len(df) == 2 and (df["status"] == "ok").all(), df["status"].tolist()

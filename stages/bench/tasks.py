@@ -76,8 +76,8 @@ def paired(req: dict) -> dict:
 
     data = dict(np.load(req["feeds"]))
     order = ["b", "a"] if req["b_first"] else ["a", "b"]
-    # each side its own runtime, backend, precision and options (MNN against onnxruntime), or the request's
-    cls = {side: RUNTIMES[req["sides"][side].get("runtime", req["runtime"])] for side in order}
+    # each side its own runtime, backend, precision and options (MNN against onnxruntime)
+    cls = {side: RUNTIMES[req["sides"][side]["runtime"]] for side in order}
     models = {side: load_models(cls[side], {**req, **req["sides"][side]}) for side in order}
     results = []
     for w in req["workloads"]:

@@ -112,7 +112,7 @@ class SweepConfig:
             if pc.b_runtime is not None:
                 check_choice(f"paired[{i}].b_runtime", pc.b_runtime, tuple(self.runtimes))
                 check_choice(f"paired[{i}].b_mode", pc.b_mode, tuple(self.runtimes[pc.b_runtime].modes))
-                if pc.b_runtime not in (None, pc.runtime):
+                if pc.b_runtime != pc.runtime:
                     for side, (rt, _, mode) in (("mode", pc.side("a")), ("b_mode", pc.side("b"))):
                         why = RUNTIMES[rt].shares_process_why(self.runtimes[rt].modes[mode])
                         if why:

@@ -43,8 +43,9 @@ def _key(df: pd.DataFrame, cols: list[str], drop: set[str]) -> pd.Series:
     return key
 
 
-# the columns a collapsed skipped row of latency.csv lists its cells' values in (space-joined; stages/bench/skips.py)
-LISTED = ("component", "runtime", "backend", "artifact", "precision", "mode")
+# the latency key's columns a row per reason (stages/bench/skips.py) is matched on: each holds one value (runtime,
+# backend: a row per runtime and backend) or its cells' values space-joined
+COVERED = ("component", "runtime", "backend", "artifact", "precision", "mode")
 
 
 def covering_status(lat: pd.DataFrame | None, row) -> str | None:
@@ -53,7 +54,7 @@ def covering_status(lat: pd.DataFrame | None, row) -> str | None:
     if lat is None or "cells" not in lat.columns:
         return None
     for _, s in lat[lat["cells"].notna()].iterrows():
-        if all(str(row.get(c)) in str(s[c]).split() for c in LISTED) and int(s["threads"]) in (0, int(row["threads"])):
+        if all(str(row.get(c)) in str(s[c]).split() for c in COVERED) and int(s["threads"]) in (0, int(row["threads"])):
             if str(s.get("target", "host")) == str(row.get("target", "host")):
                 return str(s["status"])
     return None
