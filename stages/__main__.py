@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from stages.core.errors import PipelineError
+from stages.ondevice.mnn_settings import UPSAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,12 +122,13 @@ def cmd_compare(args) -> int:
 def cmd_segment(args) -> int:
     """MNN only: no torch, onnx or onnxruntime is imported on this path."""
     from stages.core.names import mnn_file
+    from stages.ondevice.mnn_settings import DEFAULT_UPSAMPLE
     from stages.tools.segment import parse_floats, parse_points, recommended_models, segment_file
 
     mnn = args.root.resolve() / "build" / args.model / "mnn"
     encoder, decoder = mnn / mnn_file("encoder", args.variant), mnn / mnn_file("decoder", args.variant)
     options: dict[str, dict] = {}
-    upsample = "fp32"
+    upsample = DEFAULT_UPSAMPLE
     if args.variant in ("recommended", "smallest"):
         rec = recommended_models(args.root.resolve(), args.model, "smallest" if args.variant == "smallest" else "fastest")
         if rec is None:
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "segment")
     p.add_argument("--threads", type=threads_arg, default=2)
     p.add_argument("--precision", help="MNN precision: normal, high, low, Low_BF16 (default: recommended, else normal)")
-    p.add_argument("--upsample", choices=("graph", "fp32"),
+    p.add_argument("--upsample", choices=UPSAMPLE,
                    help="fp32 (default): the decoder runs without its in-graph resize and its low_res_masks are "
                         "upsampled here in fp32 (faster on MNN; exact where the decoder computes fp16: precision "
                         "low on ARM, GPU backends); graph: the decoder's own full-size masks. Default: the "

@@ -28,7 +28,7 @@ from stages.core.isolate import run_isolated
 from stages.core.names import RAW_ONNX, SIM_ONNX, artifact_name, artifact_paths, mnn_artifact
 from stages.core.status import Status
 from stages.ondevice.mnn_runner import load_cases, save_cases
-from stages.runtimes import RUNTIMES, identical_skip
+from stages.runtimes import DEFAULT_UPSAMPLE, RUNTIMES, identical_skip
 from stages.runtimes.targets import HOST, Target
 from stages.runtimes.tasks import infer
 from stages.sam import metrics
@@ -121,7 +121,7 @@ def _prompt_feeds(emb: np.ndarray, name: str, img: np.ndarray, p: str, ref: Refe
 
 def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path, target: Target = HOST,
            threads: int | None = None, timeout_s: float | None = None,
-           upsample: str = "fp32") -> tuple[dict[str, dict[str, np.ndarray]], str]:
+           upsample: str = DEFAULT_UPSAMPLE) -> tuple[dict[str, dict[str, np.ndarray]], str]:
     """Run every case through the cell's `component`: MNN cells through the target's MNN runner (the host's
     too: one code path), other runtimes in a worker process. Returns the outputs and where a decoder's masks
     were made ("fp32" or "graph", as the runner reports it: a decoder without low_res_masks runs whole)."""
@@ -148,7 +148,8 @@ def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path, target
 
 
 def evaluate_cell(ctx, cell: ParityCell, ref: Reference, target: Target = HOST, threads: int | None = None,
-                  timeout_s: float | None = None, fp32_upsample: bool = False, upsample: str = "fp32") -> list[dict]:
+                  timeout_s: float | None = None, fp32_upsample: bool = False,
+                  upsample: str = DEFAULT_UPSAMPLE) -> list[dict]:
     """Run one cell (encoder, decoder on torch embeddings, own encoder -> own decoder) and score it.
     fp32_upsample: also score the masks made from the cell's low_res_masks upsampled in fp32 on the host
     (mask_iou_fp32_upsample), which tells the in-graph resize's error from the rest of the decoder's.

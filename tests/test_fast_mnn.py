@@ -17,11 +17,12 @@ from stages.bench.cells import grid
 from stages.config import load_sweep
 from stages.convert import static_flags
 from stages.core.errors import ConfigError
+from stages.core.names import parse_options
 from stages.report.choose import recommended
 from stages.runtimes import MnnRuntime
 from stages.runtimes.tasks import UPSAMPLE_OP
 from stages.sam.spec import decoder_feeds
-from stages.tools.segment import parse_options, recommended_models
+from stages.tools.segment import recommended_models
 
 
 def _build(tiny_run) -> Path:

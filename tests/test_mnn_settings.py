@@ -3,11 +3,15 @@ says what arithmetic computed it, and a model given as the wrong component is na
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from stages.core.errors import PipelineError
+from stages.config import load_sweep
+from stages.core.errors import ConfigError, PipelineError
+from stages.core.names import options_text, parse_options
 from stages.runtimes import MnnRuntime, OrtRuntime, mnn_schedule
 from stages.sam.spec import component_example
 from stages.tools.segment import MnnSamPredictor
@@ -109,3 +113,30 @@ def test_onnxruntime_spinning_reaches_its_session(tiny_run, spinning):
     why = OrtRuntime.shares_process_why({"spinning": spinning})
     assert (why is None) if not spinning else ("intra-op threads spin" in why)
     assert OrtRuntime.shares_process_why({}) == OrtRuntime.shares_process_why({"spinning": True})  # the default
+
+
+def test_mnn_hints_and_session_modes_are_set_and_named(tiny_run, tmp_path):
+    """A sweep mode's `hints` / `session_mode` go to MNN's runtime manager (set_hint / set_mode, by MNN's names)
+    before the module loads, and the model's settings say so; Session_Release changes no arithmetic (the outputs
+    are the defaults', bit for bit). A name MNN does not have, or a value of the wrong type, is refused by name."""
+    dec = _mnn(tiny_run, "decoder.fp32.mnn")
+    feeds = component_example("decoder", 0)
+    base = MnnRuntime(dec, component="decoder").run(feeds)
+    rt = MnnRuntime(dec, component="decoder", hints={"WINOGRAD_MEMORY_LEVEL": 0}, session_mode="Session_Release")
+    assert rt.settings["hints"] == {"WINOGRAD_MEMORY_LEVEL": 0} and rt.settings["session_mode"] == "Session_Release"
+    out = rt.run(feeds)
+    for name, value in base.items():
+        np.testing.assert_array_equal(value, out[name])
+    for kwargs, match in [({"hints": {"WINOGRAD": 0}}, r"'WINOGRAD' is not an MNN hint .*WINOGRAD_MEMORY_LEVEL"),
+                          ({"hints": {"CPU_CORE_IDS": "0,1"}}, "CPU_CORE_IDS: expected an integer or a list"),
+                          ({"session_mode": "fast"}, "session_mode 'fast' is not one of Session_Release")]:
+        with pytest.raises(PipelineError, match=match):
+            MnnRuntime(dec, **kwargs)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(json.dumps({"runtimes": {"mnn": {"backends": ["CPU"], "variants": ["fp32"], "precisions": ["normal"],
+                                                      "modes": {"geo": {"hints": {"GEOMETRY": 0}}}}}}))
+    with pytest.raises(ConfigError, match=r"runtimes\.mnn\.modes\.geo\.hints: 'GEOMETRY' is not an MNN hint"):
+        load_sweep(str(sweep))
+    opts = {"hints": {"CPU_CORE_IDS": [0, 1]}, "memory": "low", "rearrange": True}
+    assert options_text(opts) == 'hints={"CPU_CORE_IDS":[0,1]} memory=low rearrange=True'  # one word per option
+    assert parse_options(options_text(opts)) == opts  # what segment reads back from recommended.csv

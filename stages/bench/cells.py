@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.core.names import RAW_ONNX, SIM_ONNX, artifact_name
+from stages.core.names import RAW_ONNX, SIM_ONNX, artifact_name, options_text
 from stages.core.status import Status
-from stages.runtimes import RUNTIMES, Same
+from stages.runtimes import DEFAULT_UPSAMPLE, RUNTIMES, Same
 from stages.sam.flops import component_flops
 from stages.sam.spec import SPECS, parts
 
@@ -69,7 +69,7 @@ def masks_made(runtime: str, component: str, options: dict) -> str:
     decoder's own resize), "" for the encoder."""
     if not any(s.makes_masks for s in parts(component)):
         return ""
-    return options.get("upsample", "fp32") if runtime == "mnn" else "graph"
+    return options.get("upsample", DEFAULT_UPSAMPLE) if runtime == "mnn" else "graph"
 
 
 def workloads(sweep, component: str, photo_hw: tuple[int, int]) -> list[dict]:
@@ -118,7 +118,7 @@ def cell_base(inputs: BenchInputs, cell: BenchCell, flags: set[str], target: str
     opts = sweep.runtimes[cell.runtime].modes[cell.mode]
     key = cell.key if target == "host" else f"{cell.key}@{target}"
     base = {"cell": key, **vars(cell), "image": inputs.photo_name, "target": target,
-            "mode_options": _options_text(opts)}
+            "mode_options": options_text(opts)}
     kind = ctx.cfg.variant_kind(cell.variant)
     base["device"] = RUNTIMES[cell.runtime].device(cell.backend)
     compute = RUNTIMES[cell.runtime].arithmetic(cell.backend, cell.precision, opts, kind, flags)
@@ -147,7 +147,3 @@ def timed_row(ctx, cell: BenchCell, base: dict, w: dict, rate: float, r: dict, s
             "load_s": r["load_seconds"], "peak_rss_mb": r["peak_rss_mb"], "os_threads": r["os_threads"],
             "gflop": flops / 1e9, "achieved_gflops": gflops, "matmul_gflops": rate, "roofline_frac": gflops / rate,
             "runtime_version": r.get("runtime_version") or r.get("mnn_version"), "artifact_sha256": sha}
-
-
-def _options_text(opts: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in opts.items()) or "-"

@@ -15,7 +15,16 @@ import logging
 import re
 import threading
 
-from stages.bench.cells import BenchCell, BenchInputs, cell_base, grid, samples_of, timed_row, workloads
+from stages.bench.cells import (
+    BenchCell,
+    BenchInputs,
+    cell_base,
+    grid,
+    masks_made,
+    samples_of,
+    timed_row,
+    workloads,
+)
 from stages.bench.skips import Skips
 from stages.core.artifacts import file_sha256
 from stages.core.errors import PipelineError
@@ -112,7 +121,7 @@ def _time_cell(inputs: BenchInputs, target, cell: BenchCell, base: dict, opts: d
     settings = {"threads": cell.threads, "precision": cell.precision, "backend": cell.backend,
                 **{k: v for k, v in opts.items() if k != "upsample"}}
     if SPECS[cell.component].makes_masks:
-        settings["upsample"] = opts.get("upsample", "fp32")  # MNN's default here, as on the host (masks_made)
+        settings["upsample"] = masks_made("mnn", cell.component, opts)  # as on the host
     slug = re.sub(r"[^A-Za-z0-9.-]+", "-", target.name)
     log_file = ctx.build / "logs" / f"bench-{slug}-{cell.key.replace('/', '_')}.log"
     res = target.run({"model": str(needed[0]), "feeds": str(_feeds(inputs, target, cell.component, loads)),

@@ -11,6 +11,7 @@ from stages.config.parity import ParityConfig, TargetParityConfig
 from stages.config.quantize import QuantizeConfig
 from stages.config.schema import schema
 from stages.core.errors import ConfigError
+from stages.ondevice.mnn_settings import DEFAULT_UPSAMPLE
 
 # stages.sam.models.BUILDERS' names (tests/test_config_schema.py keeps the two equal): that module imports torch,
 # which checking a config must not
@@ -109,7 +110,7 @@ class ProfileConfig:
     decoder_out_size: list[int] = field(default_factory=lambda: [1200, 1800])
     # MNN's decoder as MnnRuntime runs it by default: "fp32" profiles the graph cut at low_res_masks and times
     # the numpy upsample beside it; "graph" profiles the whole graph, in-graph resize included
-    decoder_upsample: Literal["fp32", "graph"] = "fp32"
+    decoder_upsample: Literal["fp32", "graph"] = DEFAULT_UPSAMPLE
     timeout_s: int = 900
 
     def __post_init__(self) -> None:

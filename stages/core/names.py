@@ -12,6 +12,8 @@ file each is built into (pipeline.yaml's outs spell the same files).
 
 from __future__ import annotations
 
+import json
+
 RAW_ONNX, SIM_ONNX = "onnx", "onnx-sim"
 # the float artifact a runtime's full-int8 artifacts are compared with
 FLOAT_ARTIFACT = {"mnn": "mnn-fp32", "onnxruntime": SIM_ONNX}
@@ -59,3 +61,22 @@ def artifact_paths(cells, quant: dict | None = None) -> dict:
                 continue
             paths.setdefault(art, {})[comp] = dep
     return paths
+
+
+def options_text(opts: dict) -> str:
+    """A mode's options as the rows' mode_options spell them (`shape_mutable=False hints={"CPU_CORE_IDS":[0,1]}`):
+    one word per option, a mapping as compact JSON; parse_options reads it back."""
+    def text(v) -> str:
+        return json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else str(v)
+
+    return " ".join(f"{k}={text(v)}" for k, v in opts.items()) or "-"
+
+
+def parse_options(text: str) -> dict[str, object]:
+    """options_text's words (recommended.csv's mode_options) -> runtime keyword arguments."""
+    out: dict[str, object] = {}
+    for kv in str(text).split():
+        if "=" in kv:
+            k, v = kv.split("=", 1)
+            out[k] = json.loads(v) if v[:1] in "{[" else {"True": True, "False": False}.get(v, v)
+    return out

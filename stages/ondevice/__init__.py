@@ -4,4 +4,5 @@ MNN, import nothing of the project but each other, and are copied side by side t
 from pathlib import Path
 
 RUNNER = Path(__file__).resolve().with_name("mnn_runner.py")
-RUNNER_FILES = tuple(RUNNER.with_name(f) for f in ("mnn_runner.py", "masks.py", "process.py", "timing.py"))
+RUNNER_FILES = tuple(RUNNER.with_name(f) for f in ("mnn_runner.py", "mnn_settings.py", "masks.py", "process.py",
+                                                    "timing.py"))

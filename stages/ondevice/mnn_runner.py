@@ -9,7 +9,7 @@ MnnRuntime loads and runs models through MnnModel below, so every MNN number com
 REQUEST: {} (a probe: only what the target is), {"backends": [names]} (which MNN backends open there), or
           {"model": path, "feeds": .npz with "case::input" keys, "out": .npz to write ("case::output"; optional
           when timing), "settings": {"threads", "precision", "backend", "memory", "power", "shape_mutable",
-          "rearrange", "upsample"}, "timing": {"warmup", "min_runs", "min_seconds", "max_seconds", "ci_pct"}
+          "rearrange", "upsample", "hints", "session_mode"}, "timing": {"warmup", "min_runs", "min_seconds", "max_seconds", "ci_pct"}
           (optional: the bench's stop rule, applied to each case), "result_file": .json to write}
 RESULT:  {"mnn_version", "machine", "cpu_features" (what MNN reports about the CPU it runs on), "cpu_model", "cores",
           "python", "inputs", "outputs", "load_seconds", "run_seconds": [one per case], "cases", "timings": [one per
@@ -35,29 +35,37 @@ import numpy as np  # noqa: E402
 
 try:  # on a target masks.py and process.py lie beside this file; in the project they are in stages/ondevice/
     from masks import IMAGE_SIZE, resized_shape, upsample_masks  # noqa: F401
+    from mnn_settings import (  # noqa: F401
+        DEFAULT_UPSAMPLE,
+        MNN_BACKENDS,
+        MNN_HINTS,
+        MNN_MODES,
+        MNN_PRECISIONS,
+        MNN_SESSION_MODES,
+        UPSAMPLE,
+        hints_problem,
+        mnn_schedule,
+    )
     from process import captured_stdout, cpu_model, process_stats, single_threaded_blas
 except ImportError:
     from stages.ondevice.masks import IMAGE_SIZE, resized_shape, upsample_masks  # noqa: F401
+    from stages.ondevice.mnn_settings import (  # noqa: F401
+        DEFAULT_UPSAMPLE,
+        MNN_BACKENDS,
+        MNN_HINTS,
+        MNN_MODES,
+        MNN_PRECISIONS,
+        MNN_SESSION_MODES,
+        UPSAMPLE,
+        hints_problem,
+        mnn_schedule,
+    )
     from stages.ondevice.process import captured_stdout, cpu_model, process_stats, single_threaded_blas
 
-# pymnn's runtime config (getScheduleConfig in pymnn/src/util.h, MNN 3.6.1) takes integers: the backend as
-# MNN's forward type (its strings must be upper case: "OpenCL" raises "backend not support" even in builds
-# that have OpenCL), precision 0-3, and memory / power 0-2 (a string there is silently ignored). So the
-# project's names are mapped to those integers here, and only here.
-MNN_PRECISIONS = {"normal": 0, "high": 1, "low": 2, "Low_BF16": 3}
-MNN_BACKENDS = {"CPU": 0, "Metal": 1, "CUDA": 2, "OpenCL": 3, "OpenGL": 6, "Vulkan": 7, "NN": 5}
-MNN_MODES = {"normal": 0, "high": 1, "low": 2}  # memory and power
 CASE_SEP = "::"
 FEATURES_PREFIX = "The device supports:"
-UPSAMPLE = ("graph", "fp32")  # where a SAM decoder's masks are made: its in-graph resize, or here in fp32 numpy
 class RunnerError(Exception):
     """A request MNN cannot serve (bad setting, missing or foreign model file): a message, not a crash."""
-
-
-def mnn_schedule(backend: str, threads: int, precision: str, memory: str = "normal", power: str = "normal") -> dict:
-    """The runtime config MNN reads, with every setting as the integer MNN understands."""
-    return {"backend": MNN_BACKENDS[backend], "numThread": threads, "precision": MNN_PRECISIONS[precision],
-            "memory": MNN_MODES[memory], "power": MNN_MODES[power]}
 
 
 _FEATURES: list[str] = []  # what MNN printed at import
@@ -102,7 +110,7 @@ class MnnModel:
 
     def __init__(self, path, threads: int = 1, precision: str = "normal", backend: str = "CPU",
                  memory: str = "normal", power: str = "normal", shape_mutable: bool = True, rearrange: bool = False,
-                 upsample: str = "graph"):
+                 upsample: str = DEFAULT_UPSAMPLE, hints: dict | None = None, session_mode: str = ""):
         """upsample (a SAM decoder only): "graph" runs the whole decoder; "fp32" loads it without the resize of
         its masks to orig_im_size (the module stops at low_res_masks and iou_predictions) and makes `masks`
         here with upsample_masks, in fp32, whatever precision MNN computes in."""
@@ -115,6 +123,10 @@ class MnnModel:
                                    ("upsample", upsample, UPSAMPLE)):
             if value not in known:  # MNN would ignore or misread it without a word: refuse it here
                 raise RunnerError(f"MNN {what} {value!r} is not one of {', '.join(known)}")
+        if hints is not None and hints_problem(hints):
+            raise RunnerError(f"MNN hints: {hints_problem(hints)}")
+        if session_mode and session_mode not in MNN_SESSION_MODES:
+            raise RunnerError(f"MNN session_mode {session_mode!r} is not one of {', '.join(MNN_SESSION_MODES)}")
         if not Path(path).is_file():
             raise RunnerError(f"MNN model {path} does not exist")
         self.version = mnn.version()
@@ -126,6 +138,13 @@ class MnnModel:
             self.runtime_manager = nn.create_runtime_manager((mnn_schedule(backend, threads, precision, memory, power),))
         except Exception as e:
             raise RunnerError(f"MNN could not open backend {backend} ({e.__cause__ or e})") from None
+        for name, value in (hints or {}).items():  # before the module loads: the backend reads them at creation
+            self.runtime_manager.set_hint(MNN_HINTS[name], value)
+        if session_mode:
+            self.runtime_manager.set_mode(MNN_SESSION_MODES[session_mode])
+            self.settings["session_mode"] = session_mode
+        if hints:
+            self.settings["hints"] = dict(hints)
         self.module = self._load(nn, [], [], shape_mutable, rearrange)
         self.input_names, self.output_names = _io_names(self.path, self.module)
         self._inputs, self._outputs = self.input_names, self.output_names

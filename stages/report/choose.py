@@ -149,6 +149,8 @@ def _proven_faster(paired: pd.DataFrame | None, x: dict, y: dict) -> str | None:
                & (paired["precision"] == x["precision"])]
     if "b_runtime" in p.columns:  # a pair of two runtimes ranks runtimes, not variants
         p = p[p["b_runtime"].isna() | (p["b_runtime"] == x["runtime"])]
+    if "b_mode" in p.columns:  # a pair of two modes (MNN's hints against its defaults) ranks modes, not variants
+        p = p[p["b_mode"].isna() | (p["b_mode"] == x["mode"])]
     for (a, b), g in p.groupby(["a", "b"]):
         want = {(x["variant"], y["variant"]): "b faster", (y["variant"], x["variant"]): "b slower"}.get((a, b))
         if want and (g["status"] == "ok").all() and (g["verdict"] == want).all():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from stages.runtimes.base import DEVICES, SAME, Runtime, Same, identical_skip, plain
 from stages.runtimes.mnn import (
+    DEFAULT_UPSAMPLE,
     MNN_BACKENDS,
     MNN_MODES,
     MNN_PRECISIONS,
@@ -23,6 +24,6 @@ from stages.runtimes.torch import TorchRuntime
 
 RUNTIMES: dict[str, type[Runtime]] = {"onnxruntime": OrtRuntime, "mnn": MnnRuntime, "torch": TorchRuntime}
 
-__all__ = ["DEVICES", "MNN_BACKENDS", "MNN_MODES", "MNN_PRECISIONS", "ORT_PROVIDERS", "RUNTIMES", "SAME", "UPSAMPLE",
+__all__ = ["DEFAULT_UPSAMPLE", "DEVICES", "MNN_BACKENDS", "MNN_MODES", "MNN_PRECISIONS", "ORT_PROVIDERS", "RUNTIMES", "SAME", "UPSAMPLE",
            "MnnRuntime", "OrtRuntime", "Runtime", "Same", "TorchRuntime", "external_hint", "identical_skip",
            "mnn_schedule", "plain"]

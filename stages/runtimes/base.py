@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +78,8 @@ class Runtime:
     # loads no YAML itself: the config schema is a layer above); False: it is loaded from the file at `path`
     builds_from_config = False
 
-    # load/run options a sweep mode may set: name -> allowed values
-    mode_options: dict[str, tuple] = {}
+    # load/run options a sweep mode may set: name -> allowed values, or a check returning what is wrong (None: ok)
+    mode_options: dict[str, tuple | Callable[[object], str | None]] = {}
 
     @classmethod
     def check_mode(cls, where: str, opts: dict) -> None:
@@ -87,7 +88,11 @@ class Runtime:
             if k not in cls.mode_options:
                 known = ", ".join(cls.mode_options) or "none"
                 raise ValueError(f"{where}: {k!r} is not a {cls.name} option (options: {known})")
-            if v not in cls.mode_options[k]:
+            allowed = cls.mode_options[k]
+            if callable(allowed):
+                if allowed(v):
+                    raise ValueError(f"{where}.{k}: {allowed(v)}")
+            elif v not in allowed:
                 raise ValueError(f"{where}.{k}: {v!r} is not one of {', '.join(map(str, cls.mode_options[k]))}")
 
     @classmethod

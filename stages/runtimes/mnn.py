@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.errors import PipelineError
+from stages.ondevice.mnn_runner import MnnModel, RunnerError
 
-# MNN's settings as the integers pymnn reads: defined in the runner that also runs on targets (one copy)
-from stages.ondevice.mnn_runner import (  # noqa: F401
+# MNN's settings as the integers pymnn reads: defined beside the runner that also runs on targets (one copy)
+from stages.ondevice.mnn_settings import (  # noqa: F401
+    DEFAULT_UPSAMPLE,
     MNN_BACKENDS,
     MNN_MODES,
     MNN_PRECISIONS,
+    MNN_SESSION_MODES,
     UPSAMPLE,
-    MnnModel,
-    RunnerError,
+    hints_problem,
     mnn_schedule,
 )
 from stages.runtimes.base import OpTimes, Runtime, Same
@@ -45,17 +47,21 @@ class MnnRuntime(Runtime):
     # first run (inputs of a new shape trigger a resize); rearrange=True: weights are laid out once at load.
     # upsample: where a decoder's full-size masks are made: "fp32" (the default) loads the decoder without its
     # in-graph resize and upsamples low_res_masks in fp32 numpy (mnn_runner.upsample_masks); "graph" runs it.
+    # hints / session_mode: the runtime manager's set_hint / set_mode, by MNN's names (mnn_runner.MNN_HINTS)
     mode_options = {"memory": ("low", "normal", "high"), "power": ("low", "normal", "high"),
-                    "shape_mutable": (True, False), "rearrange": (True, False), "upsample": UPSAMPLE}
+                    "shape_mutable": (True, False), "rearrange": (True, False), "upsample": UPSAMPLE,
+                    "hints": hints_problem, "session_mode": tuple(MNN_SESSION_MODES)}
 
     def __init__(self, path: Path, threads: int = 1, precision: str = "normal", backend: str = "CPU",
                  memory: str = "normal", power: str = "normal", shape_mutable: bool = True,
-                 rearrange: bool = False, component: str = "", upsample: str = "fp32", **_):
+                 rearrange: bool = False, component: str = "", upsample: str = DEFAULT_UPSAMPLE,
+                 hints: dict | None = None, session_mode: str = "", **_):
         """component "decoder": `upsample` applies (default fp32: masks made outside the graph); otherwise the
         model runs whole."""
         upsample = upsample if component in SPECS and SPECS[component].makes_masks else "graph"
         try:  # the same loader the targets run (stages/ondevice/mnn_runner.py)
-            self.model = MnnModel(path, threads, precision, backend, memory, power, shape_mutable, rearrange, upsample)
+            self.model = MnnModel(path, threads, precision, backend, memory, power, shape_mutable, rearrange, upsample,
+                                  hints, session_mode)
         except RunnerError as e:
             raise PipelineError(str(e)) from None
         self.path, self.settings = self.model.path, self.model.settings

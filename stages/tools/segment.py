@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.errors import PipelineError
-from stages.runtimes import MnnRuntime, external_hint
+from stages.core.names import parse_options
+from stages.runtimes import DEFAULT_UPSAMPLE, MnnRuntime, external_hint
 from stages.sam.preprocess import Scratch, numpy_resize, preprocess_image
 from stages.sam.spec import SPECS, decoder_feeds
 from stages.tools.image_io import as_rgb, overlay, read_image, write_image
@@ -68,7 +69,7 @@ class MnnSamPredictor:
     """SamPredictor's interface over the converted MNN encoder and decoder."""
 
     def __init__(self, encoder: Path, decoder: Path, threads: int = 2, precision: str = "normal", backend: str = "CPU",
-                 options: dict[str, dict] | None = None, upsample: str = "fp32"):
+                 options: dict[str, dict] | None = None, upsample: str = DEFAULT_UPSAMPLE):
         """upsample: "fp32" (default) loads the decoder without its in-graph resize and upsamples low_res_masks
         to the image size in fp32 numpy: faster on MNN, and exact where MNN computes the decoder in fp16
         (precision low on an ARMv8.2 CPU, GPU backends), whose in-graph resize in fp16 flips mask pixels (the
@@ -189,16 +190,6 @@ def parse_floats(text: str | None, what: str) -> np.ndarray | None:
         raise PipelineError(f"{what} {text!r}: expected comma-separated numbers") from None
 
 
-def parse_options(text: str) -> dict[str, object]:
-    """`shape_mutable=False rearrange=True` (recommended.csv's mode_options) -> runtime keyword arguments."""
-    out: dict[str, object] = {}
-    for kv in text.split():
-        if "=" in kv:
-            k, v = kv.split("=", 1)
-            out[k] = {"True": True, "False": False}.get(v, v)
-    return out
-
-
 def recommended_models(root: Path, model: str, pick: str = "fastest") -> dict[str, dict] | None:
     """The MNN rows of reports/MODEL/recommended.csv (pick `fastest`: the fastest variant of each component that
     passes parity; `smallest`: the smallest file that passes): component -> {path, precision, options (memory
@@ -216,12 +207,12 @@ def recommended_models(root: Path, model: str, pick: str = "fastest") -> dict[st
         return None
     return {c: {"path": Path(root) / rows[c]["path"], "precision": rows[c]["precision"],
                 "options": parse_options(rows[c].get("mode_options", "")),
-                "upsample": rows[c].get("upsample") or "fp32"} for c in ("encoder", "decoder")}
+                "upsample": rows[c].get("upsample") or DEFAULT_UPSAMPLE} for c in ("encoder", "decoder")}
 
 
 def segment_file(image_path: Path, out_dir: Path, encoder: Path, decoder: Path, points=None, labels=None, box=None,
                  threads: int = 2, precision: str = "normal", options: dict[str, dict] | None = None,
-                 upsample: str = "fp32") -> dict[str, object]:
+                 upsample: str = DEFAULT_UPSAMPLE) -> dict[str, object]:
     """Read an image, segment it, write <stem>.mask.png and <stem>.overlay.jpg; return paths and phase times."""
     check_models_exist(encoder, decoder)  # what is wrong is said before seconds of loading: models, image, prompt
     t0 = time.perf_counter()

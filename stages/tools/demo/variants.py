@@ -15,6 +15,7 @@ from pathlib import Path
 from stages.core.errors import PipelineError
 from stages.core.names import mnn_artifact, mnn_file
 from stages.core.status import Status
+from stages.runtimes import DEFAULT_UPSAMPLE
 from stages.tools.segment import recommended_models
 
 
@@ -25,7 +26,7 @@ class Variant:
     encoder: Path
     decoder: Path
     options: dict[str, dict] = field(default_factory=dict)  # per component: MnnRuntime keywords
-    upsample: str = "fp32"
+    upsample: str = DEFAULT_UPSAMPLE
     parity: str = "not checked"
 
     def public(self, root: Path) -> dict:
@@ -85,7 +86,7 @@ def _checked(root: Path, model: str) -> list[Variant]:
         label = f"{enc['variant']} ({_mode(opts)}{computes}), parity {parity}"
         out.append(Variant(cell, label, root / enc["artifact_path"], root / dec["artifact_path"],
                            {"encoder": opts, "decoder": dict(opts)},
-                           dec.get("upsample") or "fp32", parity))
+                           dec.get("upsample") or DEFAULT_UPSAMPLE, parity))
     return out
 
 
