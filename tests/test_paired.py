@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from conftest import copy_build, statuses, write_config
-from stages.bench.paired import compare_calls
 from stages.config import load_model_config, load_sweep
+from stages.core.ab import compare_calls
 from stages.core.errors import ConfigError
 from stages.engine.run import run_pipeline
 

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT_DIR, copy_build, write_config
+from stages.core.ab import ab_verdict
 from stages.core.errors import PipelineError
-from stages.tools.ab_stats import ab_rows, ab_verdict, compare_samples
+from stages.tools.ab_stats import ab_rows, compare_samples
 from stages.tools.compare import LatencyGate
 from stages.tools.regress import BaseRef, Side, prepare_base, resolve_base, round_order
 

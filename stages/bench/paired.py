@@ -6,17 +6,18 @@ Why: MNN's 2-thread decoder on this VM runs either fast or about 2x slower, per 
 between workloads (one cell's processes spread up to 2.3x), so separate cells cannot show a difference of a few
 percent; the two calls of a pair run back to back and share whatever phase the process is in. A row's verdict
 needs both a sign test over the call pairs (b faster or slower in more untied pairs than chance, p < 0.01) and
-every process agreeing (its median ratio on the same side of 1): one disturbed process cannot make a verdict.
+every process agreeing (its median ratio on the same side of 1): one disturbed process cannot make a verdict
+(stages/core/ab.py, the statistics the regression gate uses too).
 Runs on the host only, each side on its runtime's first backend and precision in the sweep.
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
 
 from stages.bench.cells import BenchCell, cell_base, workloads
 from stages.bench.tasks import paired
+from stages.core.ab import compare_calls
 from stages.core.artifacts import file_sha256, with_machine
 from stages.core.isolate import run_isolated
 from stages.core.names import artifact_name
@@ -26,7 +27,6 @@ from stages.sam.spec import parts
 
 log = logging.getLogger(__name__)
 
-P_MAX = 0.01  # the sign test's level for a verdict
 COLUMNS = ["model", "weights", "comparison", "component", "runtime", "backend", "precision", "mode", "threads", "a", "b", "points",
            "out_h", "out_w", "processes", "calls", "a_p50_ms", "b_p50_ms", "ratio_b_a", "ratio_p25", "ratio_p75",
            "b_faster_pairs", "ties", "pairs", "p_value", "process_ratios", "verdict", "upsample", "a_sha256", "b_sha256",
@@ -74,7 +74,7 @@ def paired_rows(inputs, feeds, flags: set[str]) -> list[dict]:
 
 
 def _name(pc) -> str:
-    if not pc.b_runtime or pc.b_runtime == pc.runtime:
+    if not pc.b_runtime or (pc.b_runtime == pc.runtime and pc.b_mode == pc.mode):
         return f"{pc.component}/{pc.runtime}: {pc.b} vs {pc.a}" + ("" if pc.mode == "default" else f" ~{pc.mode}")
     mode = {s: "" if m == "default" else f"~{m}" for s, m in (("a", pc.mode), ("b", pc.b_mode))}
     return f"{pc.component}: {pc.b_runtime} {pc.b}{mode['b']} vs {pc.runtime} {pc.a}{mode['a']}"
@@ -104,29 +104,3 @@ def _timed(inputs, pc, name: str, req: dict, head: dict, loads: list[dict], file
 
 def _workload(w: dict) -> dict:
     return {"points": w["points"], "out_h": w["out_size"][0], "out_w": w["out_size"][1]}
-
-
-def compare_calls(a_ms: list[list[float]], b_ms: list[list[float]]) -> dict:
-    """The statistics of one comparison: per process, the call times of each side in call order (paired by
-    index). Ratios are b / a per call pair; the sign test counts the pairs where b was faster (ties dropped)."""
-    from scipy.stats import binomtest
-
-    ratios = [[b / a for a, b in zip(pa, pb, strict=True)] for pa, pb in zip(a_ms, b_ms, strict=True)]
-    flat = sorted(r for rs in ratios for r in rs)
-    faster = sum(r < 1 for r in flat)
-    decided = sum(r != 1 for r in flat)
-    p = binomtest(faster, decided, 0.5).pvalue if decided else 1.0
-    per_process = [statistics.median(rs) for rs in ratios]
-    median = statistics.median(flat)
-    if p < P_MAX and median < 1 and all(r < 1 for r in per_process):
-        verdict = "b faster"
-    elif p < P_MAX and median > 1 and all(r > 1 for r in per_process):
-        verdict = "b slower"
-    else:
-        verdict = "no difference shown"
-    q = statistics.quantiles(flat, n=4, method="inclusive") if len(flat) > 1 else [median, median, median]
-    return {"processes": len(ratios), "calls": len(ratios[0]) if ratios else 0,
-            "a_p50_ms": statistics.median(x for xs in a_ms for x in xs),
-            "b_p50_ms": statistics.median(x for xs in b_ms for x in xs), "ratio_b_a": median, "ratio_p25": q[0],
-            "ratio_p75": q[2], "b_faster_pairs": faster, "ties": len(flat) - decided, "pairs": len(flat), "p_value": p,
-            "process_ratios": " ".join(f"{r:.3f}" for r in per_process), "verdict": verdict}

@@ -24,7 +24,7 @@ STAGE_KEYS = {"module", "params", "deps", "outs", "matrix", "desc", "report", "o
 DEFAULT_STAGE_TIMEOUT_S = 4 * 3600
 
 @dataclass
-class Cell:
+class MatrixPoint:
     """One point of a stage's matrix (e.g. component=encoder, variant=fp16) with its own deps and outs."""
 
     values: dict[str, str]
@@ -41,7 +41,7 @@ class Stage:
     name: str
     module: str
     params: list[str]
-    cells: list[Cell]
+    cells: list[MatrixPoint]
     desc: str = ""
     report: Path = Path()  # reports/<model>/<stage>.csv, or the name given by `report:`
     # on_demand: run only when named (`run --model M target_parity`), never as part of a plain run or as
@@ -76,7 +76,7 @@ class StageContext:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def cells(self) -> list[Cell]:
+    def cells(self) -> list[MatrixPoint]:
         return self.stage.cells
 
     def rel(self, path: Path) -> str:
@@ -147,7 +147,7 @@ def _check_spec(name: str, spec: Any, cfg: ModelConfig, where: str) -> None:
         raise ConfigError(f"{where}: 'timeout_s' must be a number of seconds > 0, got {timeout!r}")
 
 
-def _cells(spec: dict, cfg: ModelConfig, variables: dict[str, str], root: Path, where: str) -> list[Cell]:
+def _cells(spec: dict, cfg: ModelConfig, variables: dict[str, str], root: Path, where: str) -> list[MatrixPoint]:
     """The stage's matrix expanded: one cell per combination, with its deps and outs."""
     matrix, entries = _matrix(spec.get("matrix", {}), cfg, where)
     empty = {k for k, v in matrix.items() if not v}  # a config mapping left empty (quantize.variants: {})
@@ -162,7 +162,7 @@ def _cells(spec: dict, cfg: ModelConfig, variables: dict[str, str], root: Path, 
                                if k in entries for f in _attributes(entries[k][v])}}
         deps = [_expand(d, variables, fields, root, where) for d in kept["deps"]]
         outs = [_expand(o, variables, fields, root, where) for o in kept["outs"]]
-        cells.append(Cell(values, deps, outs))
+        cells.append(MatrixPoint(values, deps, outs))
     return cells
 
 

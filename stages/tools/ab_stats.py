@@ -1,4 +1,4 @@
-"""The latency A/B's statistics: per cell, the two sides' pooled timed runs and each round's, a one-sided
+"""The latency A/B's table (its statistics: stages/core/ab.py): per cell, the two sides' pooled timed runs and each round's, a one-sided
 Mann-Whitney U test, the factor, and the rule that a change must show in every round (a code change slows
 every round; a disturbance of a shared machine slows one: "not reproduced"); cells whose timed inputs are the
 same on both sides (timed_inputs.py) are "same inputs: not re-timed". Rows in compare.py's format."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from stages.core.ab import ab_verdict
 from stages.core.status import OK, Status, has_kind, is_failed, is_skipped
 from stages.tools.cells import LAT_KEY, _key, covering_status
 
@@ -41,33 +42,6 @@ def with_inputs(table: pd.DataFrame, cells: pd.DataFrame, same: pd.DataFrame) ->
     inputs = cells.assign(cell=_keys(cells)).drop_duplicates("cell").set_index("cell")[INPUTS]
     kept = table[~table["cell"].isin(set(_keys(same)))]
     return kept.join(inputs, on="cell").fillna({c: "" for c in INPUTS})
-
-
-def ab_verdict(base_ms: np.ndarray, new_ms: np.ndarray, factor: float, confidence: float,
-               rounds: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
-    """Medians, their ratio, and the one-sided Mann-Whitney U p-values; worse only past the factor and the noise.
-    rounds: each round's (base, new) runs. A code change slows every round; a disturbance of the machine (a
-    neighbour on a shared VM, a leftover process) slows one. So past the factor and the noise is "worse" (or
-    "better") only when every round's median ratio is past the factor too; otherwise "not reproduced"."""
-    from scipy.stats import mannwhitneyu
-
-    mb, mn = float(np.median(base_ms)), float(np.median(new_ms))
-    ratio = mn / mb
-    if len(base_ms) >= 2 and len(new_ms) >= 2:
-        p_slower = float(mannwhitneyu(new_ms, base_ms, alternative="greater").pvalue)
-        p_faster = float(mannwhitneyu(new_ms, base_ms, alternative="less").pvalue)
-    else:
-        p_slower = p_faster = 1.0
-    alpha = 1.0 - confidence
-    verdict = ("worse" if ratio > factor and p_slower < alpha else
-               "better" if ratio < 1 / factor and p_faster < alpha else "same")
-    per_round = [float(np.median(n) / np.median(b)) for b, n in (rounds or []) if len(b) and len(n)]
-    if (verdict == "worse" and any(r <= factor for r in per_round)) or \
-            (verdict == "better" and any(r >= 1 / factor for r in per_round)):
-        verdict = "not reproduced"
-    return {"base_p50_ms": mb, "new_p50_ms": mn, "ratio": ratio, "p_slower": p_slower,
-            "confidence_slower": 1.0 - p_slower, "base_runs": len(base_ms), "new_runs": len(new_ms),
-            "round_ratios": " ".join(f"x{r:.2f}" for r in per_round), "verdict": verdict}
 
 
 def _rounds(b: pd.DataFrame, n: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
