@@ -22,8 +22,8 @@ import onnx
 import onnx.utils
 from onnx import numpy_helper
 
-from stages.bench.cells import expand_variants
-from stages.convert import converter_argv, mnnconvert, output_names, static_flags
+from stages.config.sweep import expand_variants
+from stages.conversion.mnn import converter_argv, mnnconvert, output_names, static_flags
 from stages.core.artifacts import atomic_output
 from stages.core.isolate import run_isolated
 from stages.core.names import SIM_ONNX, artifact_paths, mnn_artifact, mnn_file

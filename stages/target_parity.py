@@ -20,12 +20,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from stages.accuracy.evaluate import ParityCell, evaluate_cell, failure_table, torch_reference
 from stages.config import parse_cell_key
 from stages.core.artifacts import file_sha256
 from stages.core.errors import PipelineError
 from stages.core.names import artifact_paths, mnn_artifact
 from stages.core.status import Status
-from stages.parity import ParityCell, evaluate_cell, failure_table, torch_reference
 from stages.runtimes import MnnRuntime
 from stages.runtimes.ssh import close_all
 from stages.runtimes.targets import HOST, Target, feature_flags, parse_target

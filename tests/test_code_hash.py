@@ -30,10 +30,10 @@ def test_code_files_of_a_stage_module():
     others = {f"stages/{s}.py" for s in ALL_STAGES if s not in ("bench", "report")} | {"stages/report/__init__.py"}
     assert not {f for f in bench if f.startswith(("stages/engine/", "stages/tools/")) or f == "stages/__main__.py"
                 or f in others}, bench
-    # the converter's task lives in the convert stage's module: no stage before convert covers it
+    # the converter's task lives in the conversion library: no stage before convert covers it
     for stage in ("export_encoder", "export_decoder", "simplify"):
         code = _rel(code_files(f"stages.{stage}"))
-        assert "stages/convert.py" not in code and "stages/bench/tasks.py" not in code, stage
+        assert "stages/conversion/mnn.py" not in code and "stages/bench/tasks.py" not in code, stage
 
 
 def _status_of(out: str) -> dict[str, str]:
@@ -65,9 +65,9 @@ def _status(src: Path, cfg: Path, root: Path) -> dict[str, str]:
 @pytest.mark.parametrize(("edited", "direct", "after"), [
     # the bench's task: bench itself; report reads latency.csv
     ("stages/bench/tasks.py", ["bench"], {"report": "bench"}),
-    # the converter's task (mnnconvert, mnn_smoke) is in stages/convert.py: convert and the stages that call the
-    # converter themselves (quantize, profile), then what reads their outputs; nothing before convert
-    ("stages/convert.py", ["convert", "quantize", "profile"], {"parity": "convert",
+    # the converter's task (mnnconvert, smoke_run) is in stages/conversion/mnn.py: convert and the stages that call
+    # the converter themselves (quantize, profile), then what reads their outputs; nothing before convert
+    ("stages/conversion/mnn.py", ["convert", "quantize", "profile"], {"parity": "convert",
                                                                "bench": "convert, parity", "report": "bench, parity"}),
 ])
 def test_an_edit_in_a_task_makes_its_stage_and_what_follows_out_of_date(fp32_only, source_copy, edited, direct,

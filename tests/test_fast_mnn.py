@@ -15,7 +15,7 @@ import pytest
 from conftest import assert_same_decoder
 from stages.bench.cells import grid
 from stages.config import load_sweep
-from stages.convert import static_flags
+from stages.conversion.mnn import static_flags
 from stages.core.errors import ConfigError
 from stages.core.names import parse_options
 from stages.report.choose import recommended

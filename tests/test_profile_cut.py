@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.convert import converter_argv, mnnconvert, output_names, static_flags
+from stages.conversion.mnn import converter_argv, mnnconvert, output_names, static_flags
 from stages.core.isolate import run_isolated
 from stages.profile import cut_outputs, fix_shapes
 from stages.sam.spec import SPECS, decoder_feeds

@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.bench.cells import BenchInputs, cell_base, expand_variants, grid, samples_of, timed_row, workloads
+from stages.bench.cells import BenchInputs, cell_base, grid, samples_of, timed_row, workloads
 from stages.bench.paired import COLUMNS, paired_rows
 from stages.bench.remote import target_rows
 from stages.bench.skips import Candidates, SameFiles, Skips
 from stages.bench.tasks import bench
 from stages.config import load_sweep
+from stages.config.sweep import expand_variants
 from stages.core.artifacts import (
     SAMPLES_CSV,
     atomic_output,

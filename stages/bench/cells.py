@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.core.names import RAW_ONNX, SIM_ONNX, artifact_name, options_text
+from stages.config.sweep import expand_variants
+from stages.core.names import artifact_name, options_text
 from stages.core.status import Status
 from stages.runtimes import DEFAULT_UPSAMPLE, RUNTIMES, Same
 from stages.sam.flops import component_flops
@@ -30,23 +31,6 @@ class BenchCell:
     def key(self) -> str:
         mode = "" if self.mode == "default" else f"~{self.mode}"
         return f"{self.component}/{self.runtime}-{self.backend}/{self.artifact}@{self.precision}{mode}/t{self.threads}"
-
-
-ALL_VARIANTS = {"torch": ["fp32"], "onnxruntime": [RAW_ONNX, SIM_ONNX]}
-
-
-def expand_variants(runtime: str, variants: list[str], convert_variants, quant: dict | None = None) -> list[str]:
-    """`all` in a sweep's variants: every artifact of that runtime (for MNN, every convert.variants entry),
-    and its full-int8 quantize.variants; `int8`: only those. A variant added to the model config is timed
-    without editing the sweep."""
-    int8 = [name for name, q in (quant or {}).items() if q.runtime == runtime]
-    out: list[str] = []
-    for v in variants:
-        if v == "all":
-            out.extend([*ALL_VARIANTS.get(runtime, list(convert_variants)), *int8])
-        else:
-            out.extend(int8 if v == "int8" else [v])
-    return list(dict.fromkeys(out))
 
 
 def grid(sweep, convert_variants=(), quant: dict | None = None, thread_counts: list[int] | None = None) -> list[BenchCell]:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from stages.config.loading import CONFIG_DIR, load_typed, read_yaml
 from stages.config.schema import check_choice, schema
 from stages.core.errors import ConfigError
+from stages.core.names import RAW_ONNX, SIM_ONNX
 from stages.ondevice.timing import StopRule
 
 COMPONENTS = ("encoder", "decoder", "e2e")
@@ -155,3 +156,20 @@ def load_sweep(name: str, config_dir: Path = CONFIG_DIR) -> SweepConfig:
     sweep = load_typed(SweepConfig, data, path)
     sweep.source, sweep.raw = path, data
     return sweep
+
+
+ALL_VARIANTS = {"torch": ["fp32"], "onnxruntime": [RAW_ONNX, SIM_ONNX]}
+
+
+def expand_variants(runtime: str, variants: list[str], convert_variants, quant: dict | None = None) -> list[str]:
+    """`all` in a sweep's variants: every artifact of that runtime (for MNN, every convert.variants entry),
+    and its full-int8 quantize.variants; `int8`: only those. A variant added to the model config is timed
+    without editing the sweep."""
+    int8 = [name for name, q in (quant or {}).items() if q.runtime == runtime]
+    out: list[str] = []
+    for v in variants:
+        if v == "all":
+            out.extend([*ALL_VARIANTS.get(runtime, list(convert_variants)), *int8])
+        else:
+            out.extend(int8 if v == "int8" else [v])
+    return list(dict.fromkeys(out))

@@ -157,7 +157,7 @@ def describe_file(path: Path) -> dict[str, object]:
 
 def write_csv(path: Path, rows: list[dict], first: list[str] | None = None) -> None:
     """Write rows as a CSV in one go (never appended to), columns in first-seen order, atomically."""
-    import pandas as pd  # here: task modules that a child process imports (stages/convert.py) import this module
+    import pandas as pd  # here: task modules that a child process imports (stages/conversion/mnn.py) import this module
 
     cols: list[str] = list(first or [])
     for r in rows:

@@ -2,7 +2,7 @@
 
 It imports MODULE, calls FUNCTION(request) and writes the dict it returns as JSON to request["result_file"]; an
 exception becomes {"error": ...} there, a native crash kills only this process. It imports nothing of the project
-itself: each task lives in the module of what uses it (stages/bench/tasks.py, stages/convert.py, ...).
+itself: each task lives in the module of what uses it (stages/bench/tasks.py, stages/conversion/mnn.py, ...).
 
 MODULE is loaded from its file without running its packages' __init__ (stages/bench/__init__.py is the bench stage,
 which imports torch and pandas): a task's child holds only what the task imports, so the peak memory a cell

@@ -1,7 +1,7 @@
 """Run native tools (MNN converter, quantizer, runtimes) in a child process, so a segfault fails one cell.
 
 A task is a function `task(request: dict) -> dict` in the module of what uses it (the bench's in
-stages/bench/tasks.py, the converter's in stages/convert.py, ...). The child is `python -m stages.core.child MODULE
+stages/bench/tasks.py, the converter's in stages/conversion/mnn.py, ...). The child is `python -m stages.core.child MODULE
 TASK REQUEST.json` (stages/core/child.py); it writes the task's result as JSON. Its output goes to a log file that is
 kept; on failure the caller gets the exit signal and the last lines of that log. This module imports nothing of the
 project: a stage that isolates a task imports the task's module itself, so its code hash covers that code only.

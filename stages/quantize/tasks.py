@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.convert import output_check, smoke_run
+from stages.conversion.mnn import output_check, smoke_run
 from stages.runtimes.tasks import peak_rss_mb
 
 # compute nodes: how many run in int8 after quantization, and how many stayed in float
