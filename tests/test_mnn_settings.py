@@ -12,7 +12,8 @@ import pytest
 from stages.config import load_sweep
 from stages.core.errors import ConfigError, PipelineError
 from stages.core.names import options_text, parse_options
-from stages.runtimes import MnnRuntime, OrtRuntime, mnn_schedule
+from stages.runtimes import DEFAULT_UPSAMPLE, MnnRuntime, OrtRuntime, mnn_schedule
+from stages.runtimes.settings import RunSettings
 from stages.sam.spec import component_example
 from stages.tools.segment import MnnSamPredictor
 
@@ -140,3 +141,17 @@ def test_mnn_hints_and_session_modes_are_set_and_named(tiny_run, tmp_path):
     opts = {"hints": {"CPU_CORE_IDS": [0, 1]}, "memory": "low", "rearrange": True}
     assert options_text(opts) == 'hints={"CPU_CORE_IDS":[0,1]} memory=low rearrange=True'  # one word per option
     assert parse_options(options_text(opts)) == opts  # what segment reads back from recommended.csv
+
+
+def test_run_settings_are_one_value_from_sweep_to_runner():
+    """A cell's RunSettings travel as one JSON form (host -> child -> runtime); the MNN runner gets the same
+    settings with the decoder's upsample default (DEFAULT_UPSAMPLE, defined once) and none for the encoder."""
+    rs = RunSettings("mnn", "CPU", "low", 2, {"memory": "low", "hints": {"CPU_CORE_IDS": [0, 1]}})
+    assert RunSettings.from_json(json.loads(json.dumps(rs.to_json()))) == rs
+    assert rs.load_kwargs() == {"threads": 2, "precision": "low", "backend": "CPU", "memory": "low",
+                                "hints": {"CPU_CORE_IDS": [0, 1]}}
+    assert rs.runner_settings("decoder")["upsample"] == DEFAULT_UPSAMPLE == rs.masks_made("decoder")
+    assert "upsample" not in rs.runner_settings("encoder") and rs.masks_made("encoder") == ""
+    graph = RunSettings("mnn", "CPU", "normal", 1, {"upsample": "graph"})
+    assert graph.runner_settings("decoder")["upsample"] == "graph"
+    assert RunSettings("onnxruntime", "CPUExecutionProvider", "fp32", 1).masks_made("e2e") == "graph"

@@ -17,14 +17,15 @@ from stages.config import Thresholds
 from stages.core.errors import PipelineError
 from stages.core.isolate import run_isolated
 from stages.ondevice.mnn_runner import load_cases, save_cases
-from stages.runtimes import DEFAULT_UPSAMPLE
+from stages.runtimes import DEFAULT_UPSAMPLE, RUNTIMES
+from stages.runtimes.settings import RunSettings
 from stages.runtimes.targets import HOST, Target
 from stages.runtimes.tasks import infer
 from stages.sam import metrics
 from stages.sam.models import build_model
 from stages.sam.preprocess import preprocess_image, upsample_masks
 from stages.sam.samples import PROMPTS, prompt
-from stages.sam.spec import DECODER, ENCODER, SPECS, decoder_feeds
+from stages.sam.spec import DECODER, ENCODER, decoder_feeds
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +102,14 @@ def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path, target
     timeout_s = timeout_s or ctx.cfg.parity.timeout_s
     model = str(getattr(cell, component))
     if cell.runtime == "mnn":
-        settings = {"threads": threads, "precision": cell.precision, "memory": cell.memory}
-        if SPECS[component].makes_masks:  # where they are made: as MnnRuntime makes them by default, or in the graph
-            settings["upsample"] = upsample
-        res = target.run({"model": model, "feeds": str(feeds), "out": str(out), "settings": settings},
-                         log_file, timeout_s)
+        # where a decoder's masks are made: as MnnRuntime makes them by default, or in the graph
+        settings = RunSettings("mnn", "CPU", cell.precision, threads, {"memory": cell.memory, "upsample": upsample})
+        res = target.run({"model": model, "feeds": str(feeds), "out": str(out),
+                          "settings": settings.runner_settings(component)}, log_file, timeout_s)
     else:
-        res = run_isolated(infer, {"runtime": cell.runtime, "model": model, "threads": threads,
-                                     "precision": cell.precision, "options": {}, "feeds": str(feeds),
-                                     "out": str(out)}, log_file, timeout_s)
+        settings = RunSettings(cell.runtime, RUNTIMES[cell.runtime].cpu_backend, cell.precision, threads)
+        res = run_isolated(infer, {"settings": settings.to_json(), "model": model, "feeds": str(feeds),
+                                   "out": str(out)}, log_file, timeout_s)
     if not res.ok:
         raise PipelineError(res.why)
     return load_cases(out), (res.result or {}).get("upsample", "graph")

@@ -130,16 +130,15 @@ def host_rows(inputs: BenchInputs) -> tuple[list[dict], list[dict]]:
     skip = NotTimed(inputs)
     for cell in tqdm(cells, desc="bench", unit="cell"):
         loads = workloads(sweep, cell.component, inputs.photo.shape[:2])
-        base, opts, same = cell_base(inputs, cell, flags)
-        art, needed, why = skip.why(cell, base, opts, same)
+        base, settings, same = cell_base(inputs, cell, flags)
+        art, needed, why = skip.why(cell, base, settings.options, same)
         if why:
             skip.rows.add(base, Status.skipped(why))
             continue
         req = {
-            "runtime": cell.runtime, "backend": cell.backend, "precision": cell.precision,
-            "threads": cell.threads, "component": cell.component, "workloads": loads,
+            "settings": settings.to_json(), "component": cell.component, "workloads": loads,
             "encoder": str(art["encoder"]), "decoder": str(art["decoder"]), "feeds": str(feeds),
-            "timing": vars(sweep.timing.share(sweep.processes)), "root": str(ctx.root), "config": str(ctx.cfg.source), "options": opts,
+            "timing": vars(sweep.timing.share(sweep.processes)), "root": str(ctx.root), "config": str(ctx.cfg.source),
         }
         res = timed_processes(req, ctx.build / "logs" / f"bench-{cell.key.replace('/', '_')}.log", sweep)
         if not res.ok:

@@ -11,7 +11,8 @@ import numpy as np
 from stages.config.sweep import expand_variants
 from stages.core.names import artifact_name, options_text
 from stages.core.status import Status
-from stages.runtimes import DEFAULT_UPSAMPLE, RUNTIMES, Same
+from stages.runtimes import RUNTIMES, Same
+from stages.runtimes.settings import RunSettings
 from stages.sam.flops import component_flops
 from stages.sam.spec import SPECS, parts
 
@@ -32,6 +33,11 @@ class BenchCell:
         mode = "" if self.mode == "default" else f"~{self.mode}"
         return f"{self.component}/{self.runtime}-{self.backend}/{self.artifact}@{self.precision}{mode}/t{self.threads}"
 
+    def settings(self, sweep) -> RunSettings:
+        """How this cell runs: its runtime, backend, precision, threads and its mode's options in `sweep`."""
+        return RunSettings(self.runtime, self.backend, self.precision, self.threads,
+                           dict(sweep.runtimes[self.runtime].modes[self.mode]))
+
 
 def grid(sweep, convert_variants=(), quant: dict | None = None, thread_counts: list[int] | None = None) -> list[BenchCell]:
     """The sweep's cells, at its thread counts (or `thread_counts`: a target's own)."""
@@ -46,14 +52,6 @@ def grid(sweep, convert_variants=(), quant: dict | None = None, thread_counts: l
                                 cells.append(BenchCell(component, runtime, backend, artifact_name(runtime, variant),
                                                        variant, precision, threads, mode))
     return cells
-
-
-def masks_made(runtime: str, component: str, options: dict) -> str:
-    """Where a row's full-size masks come from: "fp32" (upsampled in numpy, MNN's default), "graph" (the
-    decoder's own resize), "" for the encoder."""
-    if not any(s.makes_masks for s in parts(component)):
-        return ""
-    return options.get("upsample", DEFAULT_UPSAMPLE) if runtime == "mnn" else "graph"
 
 
 def workloads(sweep, component: str, photo_hw: tuple[int, int]) -> list[dict]:
@@ -95,11 +93,13 @@ class BenchInputs:
 
 
 
-def cell_base(inputs: BenchInputs, cell: BenchCell, flags: set[str], target: str = "host") -> tuple[dict, dict, Same | None]:
-    """A cell's columns before it runs (what it is and computes in on a CPU with `flags`), its options, and the
+def cell_base(inputs: BenchInputs, cell: BenchCell, flags: set[str],
+              target: str = "host") -> tuple[dict, RunSettings, Same | None]:
+    """A cell's columns before it runs (what it is and computes in on a CPU with `flags`), how it runs, and the
     setting it repeats bit for bit there (None: it measures something of its own)."""
     ctx, sweep = inputs.ctx, inputs.sweep
-    opts = sweep.runtimes[cell.runtime].modes[cell.mode]
+    settings = cell.settings(sweep)
+    opts = settings.options
     key = cell.key if target == "host" else f"{cell.key}@{target}"
     base = {"cell": key, **vars(cell), "image": inputs.photo_name, "target": target,
             "mode_options": options_text(opts)}
@@ -111,11 +111,11 @@ def cell_base(inputs: BenchInputs, cell: BenchCell, flags: set[str], target: str
     if same is None and not any(s.makes_masks for s in parts(cell.component)) and "upsample" in opts:
         same = Same(cell.precision, {k: v for k, v in opts.items() if k != "upsample"},
                     "upsample applies to the decoder only: the encoder computes exactly what it does without it")
-    base["upsample"] = masks_made(cell.runtime, cell.component, opts)
+    base["upsample"] = settings.masks_made(cell.component)
     rs = sweep.runtimes[cell.runtime]
     if same and not (sweep.identical_settings == "skip" and same.timed_in(rs.precisions, rs.modes)):
         same = None  # the cell it repeats is not timed (or the sweep times both): this one is
-    return base, opts, same
+    return base, settings, same
 
 
 

@@ -39,13 +39,13 @@ def paired_rows(inputs, feeds, flags: set[str]) -> list[dict]:
     threads = max(sweep.thread_counts())
     rows: list[dict] = []
     for pc in sweep.paired:
-        cells, opts, upsample = {}, {}, {}
+        cells, settings, upsample = {}, {}, {}
         for side in ("a", "b"):
             runtime, variant, mode = pc.side(side)
             rs = sweep.runtimes[runtime]
             cells[side] = BenchCell(pc.component, runtime, rs.backends[0], artifact_name(runtime, variant), variant,
                                     rs.precisions[0], threads, mode)
-            base, opts[side], _ = cell_base(inputs, cells[side], flags)
+            base, settings[side], _ = cell_base(inputs, cells[side], flags)
             upsample[side] = base["upsample"]
         name = _name(pc)
         a = cells["a"]
@@ -62,11 +62,9 @@ def paired_rows(inputs, feeds, flags: set[str]) -> list[dict]:
         if why:
             rows.extend({**head, **_workload(w), "status": str(Status.skipped(why))} for w in loads)
             continue
-        req = {"runtime": pc.runtime, "backend": a.backend, "precision": a.precision, "threads": threads,
-               "component": pc.component, "workloads": loads, "feeds": str(feeds), "warmup": sweep.timing.warmup,
+        req = {"component": pc.component, "workloads": loads, "feeds": str(feeds), "warmup": sweep.timing.warmup,
                "calls": pc.calls, "root": str(ctx.root), "config": str(ctx.cfg.source),
-               "sides": {side: {"runtime": cells[side].runtime, "backend": cells[side].backend,
-                                "precision": cells[side].precision, "options": opts[side],
+               "sides": {side: {"settings": settings[side].to_json(),
                                 **{s.name: str(art[s.name]) for s in parts(pc.component)}}
                          for side, (art, _) in files.items()}}
         rows.extend(_timed(inputs, pc, name, req, head, loads, files))

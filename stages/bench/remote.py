@@ -20,7 +20,6 @@ from stages.bench.cells import (
     BenchInputs,
     cell_base,
     grid,
-    masks_made,
     samples_of,
     timed_row,
     workloads,
@@ -30,6 +29,7 @@ from stages.core.artifacts import file_sha256
 from stages.core.errors import PipelineError
 from stages.core.status import Status
 from stages.ondevice.mnn_runner import save_cases
+from stages.runtimes.settings import RunSettings
 from stages.runtimes.targets import feature_flags
 from stages.sam.spec import SPECS
 
@@ -81,7 +81,7 @@ def target_rows(inputs: BenchInputs, target, stop: threading.Event) -> tuple[lis
     skips = Skips()
     for cell in cells:
         loads = workloads(sweep, cell.component, inputs.photo.shape[:2])
-        base, opts, same = cell_base(inputs, cell, flags, target.name)
+        base, settings, same = cell_base(inputs, cell, flags, target.name)
         base.update(ident, roofline="none", matmul_gflops=float("nan"), roofline_frac=float("nan"))
         art, needed, why = inputs.needed(cell)
         why = down or _unavailable(cell, about, target) or why
@@ -97,7 +97,7 @@ def target_rows(inputs: BenchInputs, target, stop: threading.Event) -> tuple[lis
             skips.add(base, Status.skipped(why))
             continue
         try:
-            rows_, samples_ = _time_cell(inputs, target, cell, base, opts, loads, needed)
+            rows_, samples_ = _time_cell(inputs, target, cell, base, settings, loads, needed)
         except (ValueError, TypeError, KeyError, AttributeError) as e:  # an answer that is not the protocol's
             log.exception("bench %s on %s", cell.key, target.name)
             why = f"the answer of {target.name} is not the protocol's ({type(e).__name__}: {e})"
@@ -115,17 +115,14 @@ def _unavailable(cell: BenchCell, about: dict, target) -> str | None:
     return f"{why} on {target.name}" if why else None
 
 
-def _time_cell(inputs: BenchInputs, target, cell: BenchCell, base: dict, opts: dict, loads: list[dict],
+def _time_cell(inputs: BenchInputs, target, cell: BenchCell, base: dict, settings: RunSettings, loads: list[dict],
                needed) -> tuple[list[dict], list[dict]]:
     ctx, sweep = inputs.ctx, inputs.sweep
-    settings = {"threads": cell.threads, "precision": cell.precision, "backend": cell.backend,
-                **{k: v for k, v in opts.items() if k != "upsample"}}
-    if SPECS[cell.component].makes_masks:
-        settings["upsample"] = masks_made("mnn", cell.component, opts)  # as on the host
     slug = re.sub(r"[^A-Za-z0-9.-]+", "-", target.name)
     log_file = ctx.build / "logs" / f"bench-{slug}-{cell.key.replace('/', '_')}.log"
     res = target.run({"model": str(needed[0]), "feeds": str(_feeds(inputs, target, cell.component, loads)),
-                      "settings": settings, "timing": vars(sweep.timing.share(len(loads)))}, log_file, sweep.timeout_s)
+                      "settings": settings.runner_settings(cell.component),
+                      "timing": vars(sweep.timing.share(len(loads)))}, log_file, sweep.timeout_s)
     timings = res.result.get("timings") if res.ok else None
     if res.ok and not (isinstance(timings, list) and len(timings) == len(loads)
                        and all(isinstance(t, dict) for t in timings)):

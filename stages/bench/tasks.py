@@ -15,9 +15,10 @@ def bench(req: dict) -> dict:
 
     from stages.ondevice.timing import StopRule, measure, timing_columns
     from stages.runtimes import RUNTIMES
+    from stages.runtimes.settings import RunSettings
     from stages.runtimes.tasks import peak_rss_mb
 
-    cls = RUNTIMES[req["runtime"]]
+    cls = RUNTIMES[RunSettings.from_json(req["settings"]).runtime]
     data = dict(np.load(req["feeds"]))
     rule = StopRule(**req["timing"]).share(len(req["workloads"]))  # the budget is the cell's
     t0 = time.perf_counter()
@@ -36,8 +37,9 @@ def bench(req: dict) -> dict:
 def load_models(cls, req: dict) -> tuple:
     """The cell's encoder and decoder (None for a component the cell does not time). A runtime that builds its model
     from the model config (cls.builds_from_config: PyTorch) gets it loaded from the config file it names."""
-    opts = {"threads": req["threads"], "precision": req["precision"], "backend": req["backend"],
-            "root": req.get("root", "."), **req.get("options", {})}
+    from stages.runtimes.settings import RunSettings
+
+    opts = {**RunSettings.from_json(req["settings"]).load_kwargs(), "root": req.get("root", ".")}
     if cls.builds_from_config:
         from stages.config import load_model_config
 
@@ -73,11 +75,12 @@ def paired(req: dict) -> dict:
     starts with it (every other process does); calls are even (the sweep checks), so each side goes first in half the
     pairs of a process."""
     from stages.runtimes import RUNTIMES
+    from stages.runtimes.settings import RunSettings
 
     data = dict(np.load(req["feeds"]))
     order = ["b", "a"] if req["b_first"] else ["a", "b"]
-    # each side its own runtime, backend, precision and options (MNN against onnxruntime)
-    cls = {side: RUNTIMES[req["sides"][side]["runtime"]] for side in order}
+    # each side its own run settings: runtime, backend, precision, options (MNN against onnxruntime)
+    cls = {side: RUNTIMES[RunSettings.from_json(req["sides"][side]["settings"]).runtime] for side in order}
     models = {side: load_models(cls[side], {**req, **req["sides"][side]}) for side in order}
     results = []
     for w in req["workloads"]:

@@ -28,6 +28,7 @@ from stages.core.isolate import run_isolated
 from stages.core.status import Status
 from stages.ondevice.mnn_runner import load_cases, save_cases
 from stages.quantize.tasks import mnnquant, ort_quantize
+from stages.runtimes.settings import RunSettings
 from stages.runtimes.tasks import infer
 from stages.sam.preprocess import IMAGE_SIZE, preprocess_image
 from stages.sam.samples import load_images
@@ -66,8 +67,9 @@ def sample_prompts(hw: tuple[int, int], n: int, rng: np.random.Generator) -> lis
 def _infer(ctx, model: Path, cases: dict[str, dict[str, np.ndarray]], tmp: Path, tag: str) -> dict:
     feeds = save_cases(tmp / f"{tag}-feeds.npz", cases)
     out = tmp / f"{tag}-out.npz"
-    res = run_isolated(infer, {"runtime": "onnxruntime", "model": str(model), "threads": ctx.cfg.quantize.threads,
-                                 "precision": "fp32", "feeds": str(feeds), "out": str(out)},
+    settings = RunSettings("onnxruntime", "CPUExecutionProvider", "fp32", ctx.cfg.quantize.threads)
+    res = run_isolated(infer, {"settings": settings.to_json(), "model": str(model), "feeds": str(feeds),
+                               "out": str(out)},
                        ctx.build / "logs" / f"quantize-calibration-{tag}.log", ctx.cfg.quantize.timeout_s)
     if not res.ok:
         raise PipelineError(f"calibration inputs: {model.name} on onnxruntime failed: {res.why}")

@@ -21,10 +21,11 @@ def infer(req: dict) -> dict:
     """Load a model with one runtime and run every case of a feeds .npz ("case::input" keys) through it."""
     from stages.ondevice.mnn_runner import load_cases
     from stages.runtimes import RUNTIMES
+    from stages.runtimes.settings import RunSettings
 
+    settings = RunSettings.from_json(req["settings"])
     t0 = time.perf_counter()
-    rt = RUNTIMES[req["runtime"]](Path(req["model"]), threads=req["threads"], precision=req["precision"],
-                                  **req.get("options", {}))
+    rt = RUNTIMES[settings.runtime](Path(req["model"]), **settings.load_kwargs())
     load_seconds = time.perf_counter() - t0
     cases = load_cases(Path(req["feeds"]))
     outs = {}
