@@ -141,6 +141,7 @@ def test_mnn_hints_and_session_modes_are_set_and_named(tiny_run, tmp_path):
     opts = {"hints": {"CPU_CORE_IDS": [0, 1]}, "memory": "low", "rearrange": True}
     assert options_text(opts) == 'hints={"CPU_CORE_IDS":[0,1]} memory=low rearrange=True'  # one word per option
     assert parse_options(options_text(opts)) == opts  # what segment reads back from recommended.csv
+    assert parse_options("memory= rearrange=False") == {"memory": "", "rearrange": False}
 
 
 def test_run_settings_are_one_value_from_sweep_to_runner():

@@ -78,5 +78,5 @@ def parse_options(text: str) -> dict[str, object]:
     for kv in str(text).split():
         if "=" in kv:
             k, v = kv.split("=", 1)
-            out[k] = json.loads(v) if v[:1] in "{[" else {"True": True, "False": False}.get(v, v)
+            out[k] = json.loads(v) if v[:1] and v[0] in "{[" else {"True": True, "False": False}.get(v, v)
     return out

@@ -15,8 +15,8 @@ RESULT:  {"mnn_version", "machine", "cpu_features" (what MNN reports about the C
           "python", "inputs", "outputs", "load_seconds", "run_seconds": [one per case], "cases", "timings": [one per
           case, with timing], "peak_rss_mb", "os_threads"} or {"error": "..."}
 Every case runs in the order given; a crash (segfault) leaves no result file and the caller reports the exit.
-A target gets this file and its siblings masks.py (numpy), process.py and timing.py (stdlib) side by side, and
-nothing else of the project.
+A target gets this file and its siblings mnn_settings.py, process.py and timing.py (stdlib) and masks.py (numpy)
+side by side (stages/ondevice/__init__.py: RUNNER_FILES), and nothing else of the project.
 """
 
 from __future__ import annotations
@@ -33,18 +33,18 @@ if __name__ == "__main__":  # on a target: one BLAS thread, set before numpy loa
 
 import numpy as np  # noqa: E402
 
-try:  # on a target masks.py and process.py lie beside this file; in the project they are in stages/ondevice/
+try:  # on a target the siblings lie beside this file; in the project they are in stages/ondevice/
     from masks import IMAGE_SIZE, resized_shape, upsample_masks  # noqa: F401
     from mnn_settings import (  # noqa: F401
         DEFAULT_UPSAMPLE,
         MNN_BACKENDS,
-        MNN_HINTS,
         MNN_MODES,
         MNN_PRECISIONS,
         MNN_SESSION_MODES,
         UPSAMPLE,
         hints_problem,
         mnn_schedule,
+        set_hints,
     )
     from process import captured_stdout, cpu_model, process_stats, single_threaded_blas
 except ImportError:
@@ -52,13 +52,13 @@ except ImportError:
     from stages.ondevice.mnn_settings import (  # noqa: F401
         DEFAULT_UPSAMPLE,
         MNN_BACKENDS,
-        MNN_HINTS,
         MNN_MODES,
         MNN_PRECISIONS,
         MNN_SESSION_MODES,
         UPSAMPLE,
         hints_problem,
         mnn_schedule,
+        set_hints,
     )
     from stages.ondevice.process import captured_stdout, cpu_model, process_stats, single_threaded_blas
 
@@ -138,13 +138,11 @@ class MnnModel:
             self.runtime_manager = nn.create_runtime_manager((mnn_schedule(backend, threads, precision, memory, power),))
         except Exception as e:
             raise RunnerError(f"MNN could not open backend {backend} ({e.__cause__ or e})") from None
-        for name, value in (hints or {}).items():  # before the module loads: the backend reads them at creation
-            self.runtime_manager.set_hint(MNN_HINTS[name], value)
-        if session_mode:
-            self.runtime_manager.set_mode(MNN_SESSION_MODES[session_mode])
-            self.settings["session_mode"] = session_mode
-        if hints:
-            self.settings["hints"] = dict(hints)
+        try:  # before the module loads: the backend reads them at creation
+            set_hints(self.runtime_manager, hints or {}, session_mode)
+        except Exception as e:  # pymnn raises a bare Exception for a value it cannot read
+            raise RunnerError(f"MNN refused hints {hints} / session_mode {session_mode!r}: {e}") from None
+        self.settings.update({k: v for k, v in (("hints", dict(hints or {})), ("session_mode", session_mode)) if v})
         self.module = self._load(nn, [], [], shape_mutable, rearrange)
         self.input_names, self.output_names = _io_names(self.path, self.module)
         self._inputs, self._outputs = self.input_names, self.output_names

@@ -41,3 +41,11 @@ def mnn_schedule(backend: str, threads: int, precision: str, memory: str = "norm
     """The runtime config MNN reads, with every setting as the integer MNN understands."""
     return {"backend": MNN_BACKENDS[backend], "numThread": threads, "precision": MNN_PRECISIONS[precision],
             "memory": MNN_MODES[memory], "power": MNN_MODES[power]}
+
+
+def set_hints(runtime_manager, hints: dict, session_mode: str = "") -> None:
+    """Set `hints` (MNN_HINTS names) and `session_mode` (a MNN_SESSION_MODES name) on a pymnn runtime manager."""
+    for name, value in hints.items():
+        runtime_manager.set_hint(MNN_HINTS[name], value)
+    if session_mode:
+        runtime_manager.set_mode(MNN_SESSION_MODES[session_mode])

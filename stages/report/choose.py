@@ -127,7 +127,7 @@ def _passing(g: pd.DataFrame, parity, component: str, runtime: str, root: Path) 
                     "e2e_mask_iou": par.get("e2e_mask_iou"),
                     "size_mb": round(artifact_bytes(path) / 1e6, 2) if path.is_file() else float("nan"),
                     "fp16_compute": getattr(r, "fp16_compute", ""), "int8_compute": getattr(r, "int8_compute", ""),
-                    # where the row's masks were made (bench.masks_made): make segment does the same
+                    # where the row's masks were made (RunSettings.masks_made): make segment does the same
                     "upsample": getattr(r, "upsample", ""),
                     "path": str(par["artifact_path"]), "candidates": len(g)})
     return out

@@ -47,7 +47,7 @@ class MnnRuntime(Runtime):
     # first run (inputs of a new shape trigger a resize); rearrange=True: weights are laid out once at load.
     # upsample: where a decoder's full-size masks are made: "fp32" (the default) loads the decoder without its
     # in-graph resize and upsamples low_res_masks in fp32 numpy (mnn_runner.upsample_masks); "graph" runs it.
-    # hints / session_mode: the runtime manager's set_hint / set_mode, by MNN's names (mnn_runner.MNN_HINTS)
+    # hints / session_mode: the runtime manager's set_hint / set_mode, by MNN's names (mnn_settings.MNN_HINTS)
     mode_options = {"memory": ("low", "normal", "high"), "power": ("low", "normal", "high"),
                     "shape_mutable": (True, False), "rearrange": (True, False), "upsample": UPSAMPLE,
                     "hints": hints_problem, "session_mode": tuple(MNN_SESSION_MODES)}
