@@ -103,7 +103,8 @@ def _infer(ctx, cell: ParityCell, component: str, cases: dict, tmp: Path, target
     model = str(getattr(cell, component))
     if cell.runtime == "mnn":
         # where a decoder's masks are made: as MnnRuntime makes them by default, or in the graph
-        settings = RunSettings("mnn", "CPU", cell.precision, threads, {"memory": cell.memory, "upsample": upsample})
+        settings = RunSettings("mnn", RUNTIMES["mnn"].cpu_backend, cell.precision, threads,
+                               {"memory": cell.memory, "upsample": upsample})
         res = target.run({"model": model, "feeds": str(feeds), "out": str(out),
                           "settings": settings.runner_settings(component)}, log_file, timeout_s)
     else:

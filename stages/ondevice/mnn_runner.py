@@ -34,32 +34,12 @@ if __name__ == "__main__":  # on a target: one BLAS thread, set before numpy loa
 import numpy as np  # noqa: E402
 
 try:  # on a target the siblings lie beside this file; in the project they are in stages/ondevice/
+    import mnn_settings
     from masks import IMAGE_SIZE, resized_shape, upsample_masks  # noqa: F401
-    from mnn_settings import (  # noqa: F401
-        DEFAULT_UPSAMPLE,
-        MNN_BACKENDS,
-        MNN_MODES,
-        MNN_PRECISIONS,
-        MNN_SESSION_MODES,
-        UPSAMPLE,
-        hints_problem,
-        mnn_schedule,
-        set_hints,
-    )
     from process import captured_stdout, cpu_model, process_stats, single_threaded_blas
 except ImportError:
+    from stages.ondevice import mnn_settings
     from stages.ondevice.masks import IMAGE_SIZE, resized_shape, upsample_masks  # noqa: F401
-    from stages.ondevice.mnn_settings import (  # noqa: F401
-        DEFAULT_UPSAMPLE,
-        MNN_BACKENDS,
-        MNN_MODES,
-        MNN_PRECISIONS,
-        MNN_SESSION_MODES,
-        UPSAMPLE,
-        hints_problem,
-        mnn_schedule,
-        set_hints,
-    )
     from stages.ondevice.process import captured_stdout, cpu_model, process_stats, single_threaded_blas
 
 CASE_SEP = "::"
@@ -110,7 +90,7 @@ class MnnModel:
 
     def __init__(self, path, threads: int = 1, precision: str = "normal", backend: str = "CPU",
                  memory: str = "normal", power: str = "normal", shape_mutable: bool = True, rearrange: bool = False,
-                 upsample: str = DEFAULT_UPSAMPLE, hints: dict | None = None, session_mode: str = ""):
+                 upsample: str = mnn_settings.DEFAULT_UPSAMPLE, hints: dict | None = None, session_mode: str = ""):
         """upsample (a SAM decoder only): "graph" runs the whole decoder; "fp32" loads it without the resize of
         its masks to orig_im_size (the module stops at low_res_masks and iou_predictions) and makes `masks`
         here with upsample_masks, in fp32, whatever precision MNN computes in."""
@@ -118,15 +98,16 @@ class MnnModel:
         import MNN.expr as F
         import MNN.nn as nn
 
-        for what, value, known in (("precision", precision, MNN_PRECISIONS), ("backend", backend, MNN_BACKENDS),
-                                   ("memory", memory, MNN_MODES), ("power", power, MNN_MODES),
-                                   ("upsample", upsample, UPSAMPLE)):
+        s = mnn_settings
+        for what, value, known in (("precision", precision, s.MNN_PRECISIONS), ("backend", backend, s.MNN_BACKENDS),
+                                   ("memory", memory, s.MNN_MODES), ("power", power, s.MNN_MODES),
+                                   ("upsample", upsample, s.UPSAMPLE)):
             if value not in known:  # MNN would ignore or misread it without a word: refuse it here
                 raise RunnerError(f"MNN {what} {value!r} is not one of {', '.join(known)}")
-        if hints is not None and hints_problem(hints):
-            raise RunnerError(f"MNN hints: {hints_problem(hints)}")
-        if session_mode and session_mode not in MNN_SESSION_MODES:
-            raise RunnerError(f"MNN session_mode {session_mode!r} is not one of {', '.join(MNN_SESSION_MODES)}")
+        if hints is not None and (why := s.hints_problem(hints)):
+            raise RunnerError(f"MNN hints: {why}")
+        if session_mode and session_mode not in s.MNN_SESSION_MODES:
+            raise RunnerError(f"MNN session_mode {session_mode!r} is not one of {', '.join(s.MNN_SESSION_MODES)}")
         if not Path(path).is_file():
             raise RunnerError(f"MNN model {path} does not exist")
         self.version = mnn.version()
@@ -135,11 +116,11 @@ class MnnModel:
         self.settings = {"backend": backend, "precision": precision, "memory": memory, "power": power}
         self.upsample, self.upsample_seconds = upsample, 0.0
         try:
-            self.runtime_manager = nn.create_runtime_manager((mnn_schedule(backend, threads, precision, memory, power),))
+            self.runtime_manager = nn.create_runtime_manager((s.mnn_schedule(backend, threads, precision, memory, power),))
         except Exception as e:
             raise RunnerError(f"MNN could not open backend {backend} ({e.__cause__ or e})") from None
         try:  # before the module loads: the backend reads them at creation
-            set_hints(self.runtime_manager, hints or {}, session_mode)
+            s.set_hints(self.runtime_manager, hints or {}, session_mode)
         except Exception as e:  # pymnn raises a bare Exception for a value it cannot read
             raise RunnerError(f"MNN refused hints {hints} / session_mode {session_mode!r}: {e}") from None
         self.settings.update({k: v for k, v in (("hints", dict(hints or {})), ("session_mode", session_mode)) if v})
@@ -221,13 +202,13 @@ def backends(names: list[str]) -> dict[str, str | None]:
         if name == "CPU":
             out[name] = None
             continue
-        if name not in MNN_BACKENDS:
+        if name not in mnn_settings.MNN_BACKENDS:
             out[name] = f"MNN knows no backend {name!r}"
             continue
         said: list[str] = []
         try:
             with captured_stdout(said):
-                nn.create_runtime_manager((mnn_schedule(name, 1, "normal"),))
+                nn.create_runtime_manager((mnn_settings.mnn_schedule(name, 1, "normal"),))
         except Exception as e:
             out[name] = f"MNN backend {name} is not available: {e}"
             continue

@@ -8,17 +8,16 @@ really there (to turn a missing one into a skipped row, not a silent CPU run).
 
 from __future__ import annotations
 
-from stages.runtimes.base import DEVICES, SAME, Runtime, Same, identical_skip, plain
-from stages.runtimes.mnn import (
+from stages.ondevice.mnn_settings import (
     DEFAULT_UPSAMPLE,
     MNN_BACKENDS,
     MNN_MODES,
     MNN_PRECISIONS,
     UPSAMPLE,
-    MnnRuntime,
-    external_hint,
     mnn_schedule,
 )
+from stages.runtimes.base import DEVICES, SAME, Runtime, Same, identical_skip, plain
+from stages.runtimes.mnn import MnnRuntime, external_hint
 from stages.runtimes.onnxruntime import ORT_PROVIDERS, OrtRuntime
 from stages.runtimes.torch import TorchRuntime
 

@@ -90,8 +90,8 @@ class Runtime:
                 raise ValueError(f"{where}: {k!r} is not a {cls.name} option (options: {known})")
             allowed = cls.mode_options[k]
             if callable(allowed):
-                if allowed(v):
-                    raise ValueError(f"{where}.{k}: {allowed(v)}")
+                if why := allowed(v):
+                    raise ValueError(f"{where}.{k}: {why}")
             elif v not in allowed:
                 raise ValueError(f"{where}.{k}: {v!r} is not one of {', '.join(map(str, cls.mode_options[k]))}")
 

@@ -14,15 +14,13 @@ from stages.core.errors import PipelineError
 from stages.ondevice.mnn_runner import MnnModel, RunnerError
 
 # MNN's settings as the integers pymnn reads: defined beside the runner that also runs on targets (one copy)
-from stages.ondevice.mnn_settings import (  # noqa: F401
+from stages.ondevice.mnn_settings import (
     DEFAULT_UPSAMPLE,
     MNN_BACKENDS,
-    MNN_MODES,
     MNN_PRECISIONS,
     MNN_SESSION_MODES,
     UPSAMPLE,
     hints_problem,
-    mnn_schedule,
 )
 from stages.runtimes.base import OpTimes, Runtime, Same
 from stages.sam.spec import SPECS

@@ -164,7 +164,7 @@ class SshTarget:
         version)."""
         import importlib.metadata
 
-        from stages.ondevice.mnn_runner import MNN_BACKENDS
+        from stages.ondevice.mnn_settings import MNN_BACKENDS
 
         res = self.run({"backends": list(MNN_BACKENDS)}, log_file, timeout_s)
         if not res.ok and res.returncode not in (None, 255, 127) and "No module named" not in res.error:

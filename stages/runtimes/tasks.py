@@ -78,7 +78,7 @@ def mnn_probe(req: dict) -> dict:
     """Open an MNN runtime on a backend (MNN prints "Can't Find type=" when its build lacks it)."""
     import MNN.nn as nn
 
-    from stages.ondevice.mnn_runner import mnn_schedule
+    from stages.ondevice.mnn_settings import mnn_schedule
 
     rm = nn.create_runtime_manager((mnn_schedule(req["backend"], 1, "normal"),))
     sys.stdout.flush()
